@@ -1,0 +1,239 @@
+package events
+
+import "time"
+
+// Job lifecycle event types. The names and their fields are a public API
+// (docs/events.md); never change their meaning, add a version instead.
+const (
+	TypeJobCreated           = "JobCreated"
+	TypeFilesAdded           = "FilesAdded"
+	TypeJobModified          = "JobModified"
+	TypeJobQueued            = "JobQueued"
+	TypeJobSuspended         = "JobSuspended"
+	TypeJobLeased            = "JobLeased"
+	TypeJobConnecting        = "JobConnecting"
+	TypeJobTransferring      = "JobTransferring"
+	TypeFileProgressed       = "FileProgressed"
+	TypeFileTransferred      = "FileTransferred"
+	TypeJobTransferred       = "JobTransferred"
+	TypeJobTransientError    = "JobTransientError"
+	TypeJobFailed            = "JobFailed"
+	TypeJobCompleteRequested = "JobCompleteRequested"
+	TypeJobAcknowledged      = "JobAcknowledged"
+	TypeJobCompleteFailed    = "JobCompleteFailed"
+	TypeJobCancelled         = "JobCancelled"
+	TypeJobFilesDeleted      = "JobFilesDeleted"
+)
+
+// FileSpec is one file of a job as the user asked for it.
+type FileSpec struct {
+	RemoteURL string `json:"remote_url"`
+	LocalName string `json:"local_name"`
+}
+
+// RetryPolicy is the BITS retry policy of a job, in seconds.
+type RetryPolicy struct {
+	MinimumRetryDelaySec int64 `json:"minimum_retry_delay_s"`
+	NoProgressTimeoutSec int64 `json:"no_progress_timeout_s"`
+}
+
+// ErrorInfo is the BITS error of a job (IBackgroundCopyError): the context, the
+// code as symbol and HRESULT, a description, and the file it concerns (-1 when
+// it concerns the job).
+type ErrorInfo struct {
+	Context     string `json:"context"`
+	Code        string `json:"code"`
+	HResult     string `json:"hresult"`
+	Description string `json:"description"`
+	FileIndex   int    `json:"file_index"`
+}
+
+// JobCreated starts a job. It is always the first event of a job; the job
+// starts SUSPENDED.
+type JobCreated struct {
+	JobID       string      `json:"job_id"`
+	DisplayName string      `json:"display_name"`
+	Description string      `json:"description,omitempty"`
+	JobType     string      `json:"job_type"` // DOWNLOAD
+	Owner       string      `json:"owner"`
+	Priority    string      `json:"priority"`
+	Pool        string      `json:"pool"`
+	RetryPolicy RetryPolicy `json:"retry_policy"`
+}
+
+// FilesAdded appends files to the job, in order, after the files it has.
+type FilesAdded struct {
+	Files []FileSpec `json:"files"`
+}
+
+// JobModified changes job properties (SetPriority, SetDisplayName, ...). Only
+// the fields present changed.
+type JobModified struct {
+	DisplayName *string      `json:"display_name,omitempty"`
+	Description *string      `json:"description,omitempty"`
+	Priority    *string      `json:"priority,omitempty"`
+	RetryPolicy *RetryPolicy `json:"retry_policy,omitempty"`
+}
+
+// JobQueued moves the job to QUEUED: a user resumed it, or a retry delay
+// elapsed. Reason is "resume", "retry" or "requeue".
+type JobQueued struct {
+	Reason string `json:"reason"`
+}
+
+// JobSuspended moves the job to SUSPENDED. Any lease ends.
+type JobSuspended struct{}
+
+// JobLeased records that an agent claimed the job. It is the agent's first
+// write for an attempt and fences every earlier holder.
+type JobLeased struct {
+	Agent   string `json:"agent"`
+	Attempt int    `json:"attempt"`
+	// DispatchSeq is the job's subject sequence the dispatch command carried.
+	DispatchSeq uint64 `json:"dispatch_seq"`
+}
+
+// JobConnecting: the lease holder is connecting to the origin of a file.
+type JobConnecting struct {
+	Agent     string `json:"agent"`
+	FileIndex int    `json:"file_index"`
+}
+
+// JobTransferring: bytes of a file are flowing. BytesTotal is -1 when the
+// size is unknown. Offset is where this attempt started in the file (non-zero
+// on a resume).
+type JobTransferring struct {
+	Agent      string `json:"agent"`
+	FileIndex  int    `json:"file_index"`
+	BytesTotal int64  `json:"bytes_total"`
+	Offset     int64  `json:"offset"`
+	// Restarted is set when the origin forced a download from zero even though
+	// bytes were already staged (no range support or a changed validator).
+	Restarted string `json:"restarted,omitempty"`
+}
+
+// FileProgressed is a progress checkpoint of one file: the bytes durably
+// staged so far. Checkpoints are rate-limited (per time and per bytes).
+type FileProgressed struct {
+	FileIndex        int   `json:"file_index"`
+	BytesTransferred int64 `json:"bytes_transferred"`
+	BytesTotal       int64 `json:"bytes_total"`
+}
+
+// FileTransferred: a file is fully staged (fsynced) in its temporary file.
+type FileTransferred struct {
+	FileIndex int    `json:"file_index"`
+	Bytes     int64  `json:"bytes"`
+	SHA256    string `json:"sha256"`
+	TempName  string `json:"temp_name"`
+	ETag      string `json:"etag,omitempty"`
+	// LastModified is the origin's Last-Modified header, verbatim.
+	LastModified string `json:"last_modified,omitempty"`
+}
+
+// JobTransferred: every file is staged; the job waits for Complete.
+type JobTransferred struct{}
+
+// JobTransientError: a recoverable failure; the job retries at RetryAt unless
+// NoProgressTimeout runs out first.
+type JobTransientError struct {
+	Error   ErrorInfo `json:"error"`
+	RetryAt time.Time `json:"retry_at"`
+}
+
+// JobFailed moves the job to ERROR with a fatal error.
+type JobFailed struct {
+	Error ErrorInfo `json:"error"`
+}
+
+// JobCompleteRequested: the owner called Complete; the agent holding the files
+// renames the finished ones to their final names.
+type JobCompleteRequested struct {
+	// Agent is the host that holds the staged files ("" if none has any).
+	Agent string `json:"agent,omitempty"`
+}
+
+// JobAcknowledged: Complete finished. Files lists the indexes made visible;
+// Partial is true when some files were not transferred
+// (BG_S_PARTIAL_COMPLETE).
+type JobAcknowledged struct {
+	Files   []int `json:"files"`
+	Partial bool  `json:"partial"`
+}
+
+// JobCompleteFailed: renaming failed; the job stays TRANSFERRED.
+type JobCompleteFailed struct {
+	Error ErrorInfo `json:"error"`
+}
+
+// JobCancelled: the job is CANCELLED (final). Agent names the host whose
+// staged files must be deleted ("" if none).
+type JobCancelled struct {
+	Agent string `json:"agent,omitempty"`
+}
+
+// JobFilesDeleted: the agent deleted the job's temporary files after Cancel.
+// Undeleted lists files it could not delete (BG_S_UNABLE_TO_DELETE_FILES).
+type JobFilesDeleted struct {
+	Agent     string   `json:"agent"`
+	Undeleted []string `json:"undeleted,omitempty"`
+}
+
+func (*JobCreated) EventType() string           { return TypeJobCreated }
+func (*FilesAdded) EventType() string           { return TypeFilesAdded }
+func (*JobModified) EventType() string          { return TypeJobModified }
+func (*JobQueued) EventType() string            { return TypeJobQueued }
+func (*JobSuspended) EventType() string         { return TypeJobSuspended }
+func (*JobLeased) EventType() string            { return TypeJobLeased }
+func (*JobConnecting) EventType() string        { return TypeJobConnecting }
+func (*JobTransferring) EventType() string      { return TypeJobTransferring }
+func (*FileProgressed) EventType() string       { return TypeFileProgressed }
+func (*FileTransferred) EventType() string      { return TypeFileTransferred }
+func (*JobTransferred) EventType() string       { return TypeJobTransferred }
+func (*JobTransientError) EventType() string    { return TypeJobTransientError }
+func (*JobFailed) EventType() string            { return TypeJobFailed }
+func (*JobCompleteRequested) EventType() string { return TypeJobCompleteRequested }
+func (*JobAcknowledged) EventType() string      { return TypeJobAcknowledged }
+func (*JobCompleteFailed) EventType() string    { return TypeJobCompleteFailed }
+func (*JobCancelled) EventType() string         { return TypeJobCancelled }
+func (*JobFilesDeleted) EventType() string      { return TypeJobFilesDeleted }
+
+func (*JobCreated) EventVersion() int           { return 1 }
+func (*FilesAdded) EventVersion() int           { return 1 }
+func (*JobModified) EventVersion() int          { return 1 }
+func (*JobQueued) EventVersion() int            { return 1 }
+func (*JobSuspended) EventVersion() int         { return 1 }
+func (*JobLeased) EventVersion() int            { return 1 }
+func (*JobConnecting) EventVersion() int        { return 1 }
+func (*JobTransferring) EventVersion() int      { return 1 }
+func (*FileProgressed) EventVersion() int       { return 1 }
+func (*FileTransferred) EventVersion() int      { return 1 }
+func (*JobTransferred) EventVersion() int       { return 1 }
+func (*JobTransientError) EventVersion() int    { return 1 }
+func (*JobFailed) EventVersion() int            { return 1 }
+func (*JobCompleteRequested) EventVersion() int { return 1 }
+func (*JobAcknowledged) EventVersion() int      { return 1 }
+func (*JobCompleteFailed) EventVersion() int    { return 1 }
+func (*JobCancelled) EventVersion() int         { return 1 }
+func (*JobFilesDeleted) EventVersion() int      { return 1 }
+
+func init() {
+	register(func() Payload { return new(JobCreated) })
+	register(func() Payload { return new(FilesAdded) })
+	register(func() Payload { return new(JobModified) })
+	register(func() Payload { return new(JobQueued) })
+	register(func() Payload { return new(JobSuspended) })
+	register(func() Payload { return new(JobLeased) })
+	register(func() Payload { return new(JobConnecting) })
+	register(func() Payload { return new(JobTransferring) })
+	register(func() Payload { return new(FileProgressed) })
+	register(func() Payload { return new(FileTransferred) })
+	register(func() Payload { return new(JobTransferred) })
+	register(func() Payload { return new(JobTransientError) })
+	register(func() Payload { return new(JobFailed) })
+	register(func() Payload { return new(JobCompleteRequested) })
+	register(func() Payload { return new(JobAcknowledged) })
+	register(func() Payload { return new(JobCompleteFailed) })
+	register(func() Payload { return new(JobCancelled) })
+	register(func() Payload { return new(JobFilesDeleted) })
+}
