@@ -1,0 +1,190 @@
+package job
+
+import (
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/ferry-dev/ferry/events"
+)
+
+// State is a BG_JOB_STATE, by its exact BITS name.
+type State string
+
+// The nine BITS job states.
+const (
+	Queued         State = "QUEUED"
+	Connecting     State = "CONNECTING"
+	Transferring   State = "TRANSFERRING"
+	Suspended      State = "SUSPENDED"
+	Errored        State = "ERROR"
+	TransientError State = "TRANSIENT_ERROR"
+	Transferred    State = "TRANSFERRED"
+	Acknowledged   State = "ACKNOWLEDGED"
+	Cancelled      State = "CANCELLED"
+)
+
+// States lists every state in BG_JOB_STATE order.
+var States = []State{Queued, Connecting, Transferring, Suspended, Errored, TransientError, Transferred, Acknowledged, Cancelled}
+
+// Final reports whether no command can change the job any more.
+func (s State) Final() bool { return s == Acknowledged || s == Cancelled }
+
+// Active reports whether the job is queued for or held by an agent.
+func (s State) Active() bool { return s == Queued || s == Connecting || s == Transferring }
+
+// Priority is a BG_JOB_PRIORITY by its BITS name.
+type Priority string
+
+// The four BITS priorities, highest first.
+const (
+	Foreground Priority = "FOREGROUND"
+	High       Priority = "HIGH"
+	Normal     Priority = "NORMAL"
+	Low        Priority = "LOW"
+)
+
+// ParsePriority accepts a priority name in any case; "" is NORMAL.
+func ParsePriority(s string) (Priority, error) {
+	switch p := Priority(strings.ToUpper(strings.TrimSpace(s))); p {
+	case "":
+		return Normal, nil
+	case Foreground, High, Normal, Low:
+		return p, nil
+	}
+	return "", Errorf(E_INVALIDARG, "priority %q is not one of FOREGROUND, HIGH, NORMAL, LOW", s)
+}
+
+// Rank orders priorities: 0 is FOREGROUND, 3 is LOW.
+func (p Priority) Rank() int {
+	switch p {
+	case Foreground:
+		return 0
+	case High:
+		return 1
+	case Low:
+		return 3
+	}
+	return 2
+}
+
+// SizeUnknown is BG_SIZE_UNKNOWN: a file's size is not known yet.
+const SizeUnknown int64 = -1
+
+// File is one file of a job and its progress (BG_FILE_INFO + BG_FILE_PROGRESS).
+type File struct {
+	RemoteURL        string `json:"remote_url"`
+	LocalName        string `json:"local_name"`
+	BytesTotal       int64  `json:"bytes_total"`
+	BytesTransferred int64  `json:"bytes_transferred"`
+	// Transferred: every byte is staged in the temporary file.
+	Transferred bool `json:"transferred"`
+	// Completed: the file is visible under its local name (after Complete).
+	Completed    bool   `json:"completed"`
+	TempName     string `json:"temp_name,omitempty"`
+	SHA256       string `json:"sha256,omitempty"`
+	ETag         string `json:"etag,omitempty"`
+	LastModified string `json:"last_modified,omitempty"`
+}
+
+// Progress is BG_JOB_PROGRESS. BytesTotal is SizeUnknown until every file's
+// size is known.
+type Progress struct {
+	BytesTotal       int64 `json:"bytes_total"`
+	BytesTransferred int64 `json:"bytes_transferred"`
+	FilesTotal       int   `json:"files_total"`
+	FilesTransferred int   `json:"files_transferred"`
+}
+
+// Times is BG_JOB_TIMES.
+type Times struct {
+	Creation           time.Time  `json:"creation"`
+	Modification       time.Time  `json:"modification"`
+	TransferCompletion *time.Time `json:"transfer_completion,omitempty"`
+}
+
+// Job is the state of one job: what replaying its events gives.
+type Job struct {
+	ID          string             `json:"id"`
+	DisplayName string             `json:"display_name"`
+	Description string             `json:"description,omitempty"`
+	Type        string             `json:"type"`
+	Owner       string             `json:"owner"`
+	Pool        string             `json:"pool"`
+	State       State              `json:"state"`
+	Priority    Priority           `json:"priority"`
+	RetryPolicy events.RetryPolicy `json:"retry_policy"`
+	Files       []File             `json:"files"`
+	Progress    Progress           `json:"progress"`
+	Times       Times              `json:"times"`
+	Error       *events.ErrorInfo  `json:"error,omitempty"`
+	ErrorCount  int                `json:"error_count"`
+	// RetryAt is when a TRANSIENT_ERROR job goes back to QUEUED.
+	RetryAt *time.Time `json:"retry_at,omitempty"`
+	// LastProgress is the last time bytes moved or the job was (re)queued;
+	// NoProgressTimeout counts from it.
+	LastProgress time.Time `json:"last_progress"`
+	// Agent holds the current lease (empty when none); Attempt counts leases.
+	Agent   string `json:"agent,omitempty"`
+	Attempt int    `json:"attempt"`
+	// FilesAgent is the host that holds the job's staged files.
+	FilesAgent string `json:"files_agent,omitempty"`
+	// CurrentFile is the index of the file being (or next to be) transferred.
+	CurrentFile int `json:"current_file"`
+	// PendingComplete: Complete was called and waits for the files' host.
+	PendingComplete bool `json:"pending_complete,omitempty"`
+	// PendingCleanup: Cancel was called and the staged files wait for deletion.
+	PendingCleanup bool `json:"pending_cleanup,omitempty"`
+	// Version is the stream sequence of the job's last event: the expected
+	// last sequence for the next append, and the fencing token.
+	Version uint64 `json:"version"`
+}
+
+// Exists reports whether the job has been created.
+func (j *Job) Exists() bool { return j.Version != 0 || j.ID != "" }
+
+// NextFile returns the index of the first file not yet transferred, or -1.
+func (j *Job) NextFile() int {
+	for i := range j.Files {
+		if !j.Files[i].Transferred {
+			return i
+		}
+	}
+	return -1
+}
+
+// Clone returns a deep copy.
+func (j Job) Clone() Job {
+	j.Files = append([]File(nil), j.Files...)
+	if j.Error != nil {
+		e := *j.Error
+		j.Error = &e
+	}
+	if j.RetryAt != nil {
+		t := *j.RetryAt
+		j.RetryAt = &t
+	}
+	if j.Times.TransferCompletion != nil {
+		t := *j.Times.TransferCompletion
+		j.Times.TransferCompletion = &t
+	}
+	return j
+}
+
+func (j *Job) String() string {
+	return fmt.Sprintf("job %s %s v%d", j.ID, j.State, j.Version)
+}
+
+// Defaults and limits of the BITS model.
+const (
+	DefaultMinimumRetryDelay = 600 * time.Second
+	MinimumRetryDelayFloor   = 5 * time.Second
+	DefaultNoProgressTimeout = 14 * 24 * time.Hour
+	MaxDisplayName           = 256
+	MaxDescription           = 1024
+	DefaultMaxFilesPerJob    = 200
+	MaxURLLength             = 2200 // INTERNET_MAX_URL_LENGTH-ish
+	MaxLocalName             = 4096
+	DefaultPool              = "default"
+	TypeDownload             = "DOWNLOAD"
+)
