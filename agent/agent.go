@@ -1,0 +1,516 @@
+// Package agent owns the worker that runs on every host: it consumes job
+// commands (pool dispatches and commands pinned to this host), claims jobs
+// with a fenced JobLeased event, transfers their files in order with the
+// download engine (agent/download) into temporary files confined to its root
+// directory, reports every state change as an event, and on Complete renames
+// the finished files (or on Cancel deletes them).
+//
+// It imports job (and jobstore, dispatch) and events; never coordinator or
+// certvault.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ferry-dev/ferry/agent/download"
+	"github.com/ferry-dev/ferry/events"
+	"github.com/ferry-dev/ferry/job"
+	"github.com/ferry-dev/ferry/job/dispatch"
+	"github.com/ferry-dev/ferry/job/jobstore"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+	"golang.org/x/sync/errgroup"
+)
+
+// Config tunes an agent. The zero value works except for ID and Root.
+type Config struct {
+	// ID names the agent: one subject token, stable across restarts (the
+	// staged files it holds are found again by it).
+	ID string
+	// Principal is the identity written as the actor of its events
+	// (default "agent/<ID>").
+	Principal string
+	Pool      string // default "default"
+	// Root is the directory every file is written under; destinations
+	// outside it are refused.
+	Root  string
+	Slots int // concurrent jobs, default 4
+	// AckWait is how long a dispatch may go without a heartbeat before it is
+	// redelivered to another agent (default 30 s).
+	AckWait            time.Duration
+	CheckpointInterval time.Duration // default 1 s
+	CheckpointBytes    int64         // default 64 MiB
+	Client             download.ClientOptions
+}
+
+func (c *Config) defaults() error {
+	var errs []error
+	if !events.ValidID(c.ID) {
+		errs = append(errs, fmt.Errorf("agent id %q must be one subject token (no dots, spaces or wildcards)", c.ID))
+	}
+	if c.Root == "" || !filepath.IsAbs(c.Root) {
+		errs = append(errs, fmt.Errorf("agent root %q must be an absolute directory", c.Root))
+	}
+	if c.Pool == "" {
+		c.Pool = job.DefaultPool
+	}
+	if !events.ValidID(c.Pool) {
+		errs = append(errs, fmt.Errorf("pool %q must be one subject token", c.Pool))
+	}
+	if c.Principal == "" {
+		c.Principal = "agent/" + c.ID
+	}
+	if c.Slots <= 0 {
+		c.Slots = 4
+	}
+	if c.AckWait <= 0 {
+		c.AckWait = 30 * time.Second
+	}
+	c.Root = filepath.Clean(c.Root)
+	return errors.Join(errs...)
+}
+
+// Agent is one worker process.
+type Agent struct {
+	cfg    Config
+	log    zerolog.Logger
+	js     jetstream.JetStream
+	repo   *jobstore.Repo
+	root   *os.Root
+	client *http.Client
+}
+
+// New validates cfg and opens the agent's root.
+func New(cfg Config, log zerolog.Logger, js jetstream.JetStream, store events.Store) (*Agent, error) {
+	if err := cfg.defaults(); err != nil {
+		return nil, fmt.Errorf("agent: config: %w", err)
+	}
+	if err := os.MkdirAll(cfg.Root, 0o755); err != nil {
+		return nil, fmt.Errorf("agent: root: %w", err)
+	}
+	root, err := os.OpenRoot(cfg.Root)
+	if err != nil {
+		return nil, fmt.Errorf("agent: open root: %w", err)
+	}
+	return &Agent{
+		cfg: cfg, log: log.With().Str("component", "agent").Str("agent", cfg.ID).Logger(),
+		js: js, repo: &jobstore.Repo{Store: store}, root: root,
+		client: download.NewClient(cfg.Client),
+	}, nil
+}
+
+// Run consumes commands until ctx ends. On return every transfer has stopped
+// at a checkpoint and its dispatch has been handed back.
+func (a *Agent) Run(ctx context.Context) error {
+	defer a.root.Close()
+	if _, err := dispatch.EnsureStream(ctx, a.js, dispatch.StreamOptions{}); err != nil {
+		return err
+	}
+	opts := dispatch.ConsumerOptions{AckWait: a.cfg.AckWait}
+	pool, err := dispatch.EnsureConsumer(ctx, a.js, dispatch.PoolConsumer(a.cfg.Pool), dispatch.PoolFilter(a.cfg.Pool), opts)
+	if err != nil {
+		return err
+	}
+	pinned, err := dispatch.EnsureConsumer(ctx, a.js, dispatch.AgentConsumer(a.cfg.ID), dispatch.AgentFilter(a.cfg.ID), opts)
+	if err != nil {
+		return err
+	}
+	a.log.Info().Str("pool", a.cfg.Pool).Str("root", a.cfg.Root).Int("slots", a.cfg.Slots).Msg("agent running")
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return a.consume(ctx, pool, a.cfg.Slots, a.transfer) })
+	g.Go(func() error { return a.consume(ctx, pinned, 1, a.pinned) })
+	err = g.Wait()
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+// consume fetches up to slots messages at a time and handles each in its own
+// goroutine, never holding more than slots at once.
+func (a *Agent) consume(ctx context.Context, c jetstream.Consumer, slots int, handle func(context.Context, jetstream.Msg)) error {
+	sem := make(chan struct{}, slots)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for ctx.Err() == nil {
+		// Wait for at least one free slot.
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			return nil
+		}
+		free := 1
+		for free < slots {
+			select {
+			case sem <- struct{}{}:
+				free++
+				continue
+			default:
+			}
+			break
+		}
+		fctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		batch, err := c.Fetch(free, jetstream.FetchContext(fctx))
+		if err != nil {
+			cancel()
+			for range free {
+				<-sem
+			}
+			if ctx.Err() != nil {
+				return nil
+			}
+			a.log.Warn().Err(err).Msg("fetch failed")
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+			continue
+		}
+		got := 0
+		for m := range batch.Messages() {
+			got++
+			wg.Go(func() {
+				defer func() { <-sem }()
+				handle(ctx, m)
+			})
+		}
+		cancel()
+		for range free - got {
+			<-sem
+		}
+		if err := batch.Error(); err != nil && ctx.Err() == nil && !errors.Is(err, jetstream.ErrNoMessages) {
+			a.log.Debug().Err(err).Msg("fetch ended")
+		}
+	}
+	return nil
+}
+
+// heartbeat tells the server the message is being worked on until stop.
+func (a *Agent) heartbeat(m jetstream.Msg) (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		t := time.NewTicker(max(a.cfg.AckWait/3, 100*time.Millisecond))
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				if err := m.InProgress(); err != nil {
+					a.log.Debug().Err(err).Msg("heartbeat failed")
+				}
+			}
+		}
+	})
+	return func() { close(done); wg.Wait() }
+}
+
+func (a *Agent) meta() events.Meta { return events.Meta{Actor: a.cfg.Principal} }
+
+// exec runs an agent command on the job, chained on the agent's view j.
+func (a *Agent) exec(ctx context.Context, j *job.Job, c job.Command) error {
+	_, err := a.repo.Execute(ctx, j.ID, c, a.meta(), j)
+	return err
+}
+
+// lostLease reports whether err says the agent no longer holds the job.
+func lostLease(err error) bool {
+	var je *job.Error
+	return errors.As(err, &je) && (je.Code == job.BG_E_INVALID_STATE || je.Code == job.BG_E_NOT_FOUND)
+}
+
+// transfer handles one pool dispatch: lease the job and move its files.
+func (a *Agent) transfer(ctx context.Context, m jetstream.Msg) {
+	cmd, err := dispatch.Decode(m)
+	if err != nil {
+		a.log.Warn().Err(err).Msg("dropping malformed command")
+		_ = m.Term()
+		return
+	}
+	log := a.log.With().Str("job", cmd.JobID).Logger()
+	stop := a.heartbeat(m)
+	defer stop()
+
+	var j job.Job
+	if _, err := a.repo.Execute(ctx, cmd.JobID, job.Lease{Agent: a.cfg.ID, DispatchSeq: cmd.JobSeq}, a.meta(), nil); err != nil {
+		if lostLease(err) {
+			log.Debug().Err(err).Msg("nothing to do for this dispatch")
+			ack(m)
+			return
+		}
+		a.handBack(ctx, m, log, err)
+		return
+	}
+	if j, err = a.repo.Load(ctx, cmd.JobID); err != nil {
+		a.handBack(ctx, m, log, err)
+		return
+	}
+	log = log.With().Int("attempt", j.Attempt).Logger()
+	log.Info().Msg("job leased")
+
+	for idx := j.NextFile(); idx >= 0; idx = j.NextFile() {
+		err := a.transferFile(ctx, &j, idx, log)
+		var f *download.Failure
+		switch {
+		case err == nil:
+			continue
+		case lostLease(err):
+			a.fenced(ctx, &j, log)
+			ack(m)
+			return
+		case errors.As(err, &f):
+			log.Info().Str("code", f.Code.Symbol).Bool("transient", f.Transient).Str("description", f.Description).Msg("transfer failed")
+			ferr := a.exec(ctx, &j, job.Fail{Agent: a.cfg.ID, Transient: f.Transient, RetryAfter: f.RetryAfter,
+				Error: events.ErrorInfo{Context: f.Context, Code: f.Code.Symbol, HResult: f.Code.HResultString(), Description: f.Description, FileIndex: idx}})
+			if ferr != nil && !lostLease(ferr) {
+				a.handBack(ctx, m, log, ferr)
+				return
+			}
+			ack(m)
+			return
+		default:
+			a.handBack(ctx, m, log, err)
+			return
+		}
+	}
+	log.Info().Msg("job transferred")
+	ack(m)
+}
+
+// transferFile moves file idx of j, chaining every event on j.
+func (a *Agent) transferFile(ctx context.Context, j *job.Job, idx int, log zerolog.Logger) error {
+	f := j.Files[idx]
+	rel, err := a.relPath(f.LocalName)
+	if err != nil {
+		return &download.Failure{Context: job.ContextLocalFile, Code: job.E_ACCESSDENIED, Description: err.Error(), Err: err}
+	}
+	if dir := path.Dir(rel); dir != "." {
+		if err := a.root.MkdirAll(dir, 0o755); err != nil {
+			return &download.Failure{Context: job.ContextLocalFile, Code: job.E_ACCESSDENIED,
+				Description: fmt.Sprintf("cannot create the directory of %s: %v", f.LocalName, errors.Unwrap(err)), Err: err}
+		}
+	}
+	if err := a.exec(ctx, j, job.StartConnecting{Agent: a.cfg.ID, FileIndex: idx}); err != nil {
+		return err
+	}
+	temp := TempName(rel, j.ID, idx)
+	res, err := download.Fetch(ctx, download.Request{
+		URL: f.RemoteURL, Root: a.root, TempName: temp, Client: a.client,
+		CheckpointInterval: a.cfg.CheckpointInterval, CheckpointBytes: a.cfg.CheckpointBytes,
+		Log: log.With().Int("file", idx).Logger(),
+		OnTransferring: func(s download.Start) error {
+			return a.exec(ctx, j, job.StartTransferring{Agent: a.cfg.ID, FileIndex: idx,
+				BytesTotal: s.Total, Offset: s.Offset, Restarted: s.Restarted})
+		},
+		OnCheckpoint: func(c download.Checkpoint) error {
+			return a.exec(ctx, j, job.Checkpoint{Agent: a.cfg.ID, FileIndex: idx, BytesTransferred: c.Bytes, BytesTotal: c.Total})
+		},
+	})
+	if err != nil {
+		return err
+	}
+	return a.exec(ctx, j, job.FileDone{Agent: a.cfg.ID, FileIndex: idx, Bytes: res.Bytes, SHA256: res.SHA256,
+		TempName: temp, ETag: res.ETag, LastModified: res.LastModified})
+}
+
+// fenced runs when a write was refused: the job was suspended, cancelled,
+// completed or taken over. Staged files stay for a later resume unless
+// another host now holds the job's files.
+func (a *Agent) fenced(ctx context.Context, j *job.Job, log zerolog.Logger) {
+	cur, err := a.repo.Load(ctx, j.ID)
+	if err != nil {
+		log.Warn().Err(err).Msg("reload after losing the lease failed")
+		return
+	}
+	log.Info().Str("state", string(cur.State)).Str("lease", cur.Agent).Msg("stopped: the agent no longer holds the job")
+	if cur.FilesAgent != a.cfg.ID {
+		a.discard(&cur, log)
+	}
+}
+
+// handBack returns a dispatch for redelivery after an error that is not the
+// job's fault (NATS unavailable, agent shutting down).
+func (a *Agent) handBack(ctx context.Context, m jetstream.Msg, log zerolog.Logger, err error) {
+	if ctx.Err() != nil {
+		log.Info().Msg("agent stopping: job handed back at its last checkpoint")
+		_ = m.Nak()
+		return
+	}
+	log.Warn().Err(err).Msg("job handed back for redelivery")
+	_ = m.NakWithDelay(5 * time.Second)
+}
+
+func ack(m jetstream.Msg) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = m.DoubleAck(ctx)
+}
+
+// pinned handles commands for files only this host has.
+func (a *Agent) pinned(ctx context.Context, m jetstream.Msg) {
+	cmd, err := dispatch.Decode(m)
+	if err != nil {
+		a.log.Warn().Err(err).Msg("dropping malformed command")
+		_ = m.Term()
+		return
+	}
+	log := a.log.With().Str("job", cmd.JobID).Str("command", cmd.Kind).Logger()
+	stop := a.heartbeat(m)
+	defer stop()
+	j, err := a.repo.Load(ctx, cmd.JobID)
+	if err != nil {
+		if lostLease(err) {
+			ack(m)
+			return
+		}
+		a.handBack(ctx, m, log, err)
+		return
+	}
+	switch cmd.Kind {
+	case dispatch.KindComplete:
+		err = a.complete(ctx, &j, log)
+	case dispatch.KindCleanup:
+		err = a.cleanup(ctx, &j, log)
+	default:
+		log.Warn().Msg("unknown command")
+	}
+	if err != nil && !lostLease(err) {
+		a.handBack(ctx, m, log, err)
+		return
+	}
+	ack(m)
+}
+
+// complete renames the job's transferred files to their final names, durably,
+// and deletes the temporary files of the others (BG_S_PARTIAL_COMPLETE).
+func (a *Agent) complete(ctx context.Context, j *job.Job, log zerolog.Logger) error {
+	if !j.PendingComplete || j.FilesAgent != a.cfg.ID {
+		return nil
+	}
+	done := []int{}
+	for i, f := range j.Files {
+		rel, err := a.relPath(f.LocalName)
+		if err != nil {
+			if f.Transferred {
+				return a.exec(ctx, j, job.CompleteFailed{Agent: a.cfg.ID, Error: localError(job.E_ACCESSDENIED, err.Error(), i)})
+			}
+			continue
+		}
+		if !f.Transferred {
+			_ = download.Discard(a.root, TempName(rel, j.ID, i))
+			continue
+		}
+		if err := a.publish(f.TempName, rel); err != nil {
+			log.Warn().Err(err).Int("file", i).Msg("complete: rename failed")
+			return a.exec(ctx, j, job.CompleteFailed{Agent: a.cfg.ID, Error: localError(codeForFS(err),
+				fmt.Sprintf("cannot move the file to %s: %v", f.LocalName, errors.Unwrap(err)), i)})
+		}
+		done = append(done, i)
+	}
+	if err := a.exec(ctx, j, job.CompleteDone{Agent: a.cfg.ID, Files: done}); err != nil {
+		return err
+	}
+	for _, i := range done {
+		_ = download.Discard(a.root, j.Files[i].TempName) // the sidecar; the file itself was renamed
+	}
+	log.Info().Ints("files", done).Msg("job acknowledged")
+	return nil
+}
+
+// publish renames a staged file to its final name and makes the rename
+// durable. A temp file already gone with the final name present means an
+// earlier attempt renamed it before crashing.
+func (a *Agent) publish(temp, final string) error {
+	if err := a.root.Rename(temp, final); err != nil {
+		if _, serr := a.root.Stat(temp); errors.Is(serr, os.ErrNotExist) {
+			if _, ferr := a.root.Stat(final); ferr == nil {
+				return nil
+			}
+		}
+		return err
+	}
+	return syncDir(a.root, path.Dir(final))
+}
+
+func syncDir(root *os.Root, dir string) error {
+	d, err := root.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// cleanup deletes the staged files of a cancelled job.
+func (a *Agent) cleanup(ctx context.Context, j *job.Job, log zerolog.Logger) error {
+	if j.State != job.Cancelled || !j.PendingCleanup || j.FilesAgent != a.cfg.ID {
+		return nil
+	}
+	undeleted := a.discard(j, log)
+	log.Info().Int("undeleted", len(undeleted)).Msg("cancelled job's files deleted")
+	return a.exec(ctx, j, job.FilesDeleted{Agent: a.cfg.ID, Undeleted: undeleted})
+}
+
+// discard deletes every temporary file of j on this host and returns the
+// local names of those it could not delete.
+func (a *Agent) discard(j *job.Job, log zerolog.Logger) []string {
+	var undeleted []string
+	for i, f := range j.Files {
+		rel, err := a.relPath(f.LocalName)
+		if err != nil {
+			continue
+		}
+		if err := download.Discard(a.root, TempName(rel, j.ID, i)); err != nil {
+			log.Warn().Err(err).Int("file", i).Msg("cannot delete temporary file")
+			undeleted = append(undeleted, f.LocalName)
+		}
+	}
+	return undeleted
+}
+
+// relPath maps a job's absolute local name to a path under the agent's root.
+func (a *Agent) relPath(local string) (string, error) {
+	if err := job.ValidateLocalName(local); err != nil {
+		return "", err
+	}
+	rootSlash := filepath.ToSlash(a.cfg.Root)
+	if rootSlash == "/" {
+		return strings.TrimPrefix(local, "/"), nil
+	}
+	rel, ok := strings.CutPrefix(local, rootSlash+"/")
+	if !ok || rel == "" {
+		return "", fmt.Errorf("destination %s is outside this agent's root %s", local, a.cfg.Root)
+	}
+	return rel, nil
+}
+
+// TempName is where file idx of job id is staged: a hidden file next to its
+// final name, so Complete is a rename within one directory.
+func TempName(rel, jobID string, idx int) string {
+	dir, base := path.Split(rel)
+	return fmt.Sprintf("%s.%s.ferry-%s-%d.part", dir, base, jobID, idx)
+}
+
+func localError(c job.Code, desc string, file int) events.ErrorInfo {
+	return events.ErrorInfo{Context: job.ContextLocalFile, Code: c.Symbol, HResult: c.HResultString(), Description: desc, FileIndex: file}
+}
+
+func codeForFS(err error) job.Code {
+	switch {
+	case errors.Is(err, os.ErrPermission):
+		return job.E_ACCESSDENIED
+	case errors.Is(err, os.ErrNotExist):
+		return job.ERROR_FILE_NOT_FOUND
+	}
+	return job.E_FAIL
+}

@@ -1,0 +1,253 @@
+package download
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// Defaults for ClientOptions fields left at zero.
+const (
+	DefaultConnectTimeout        = 30 * time.Second
+	DefaultResponseHeaderTimeout = 60 * time.Second
+	DefaultIdleReadTimeout       = 60 * time.Second
+
+	// MaxRedirects is how many redirects a request may follow.
+	MaxRedirects = 10
+)
+
+// ClientOptions configures NewClient. The zero value is a safe client:
+// system roots, no client certificate, link-local/metadata addresses and
+// HTTPS→HTTP redirects refused, default timeouts.
+type ClientOptions struct {
+	// RootCAs verifies servers; nil means the system roots.
+	RootCAs *x509.CertPool
+
+	// AllowPrivateMetadata lets the client connect to link-local addresses
+	// (169.254.0.0/16, fe80::/10) and the well-known cloud metadata
+	// endpoints. Off by default: a job's URL must not be a way to read the
+	// host's instance credentials. Loopback and private (RFC 1918, ULA)
+	// addresses are always allowed. The check is made on the resolved
+	// address at dial time, so DNS names that point there are refused too.
+	AllowPrivateMetadata bool
+
+	// AllowHTTPSToHTTP lets a redirect go from https to http. Off by default.
+	AllowHTTPSToHTTP bool
+
+	// ConnectTimeout bounds the TCP connect and, separately, the TLS
+	// handshake. ResponseHeaderTimeout bounds the wait for response headers
+	// once the request is written. IdleReadTimeout is the longest a read of
+	// the response body may wait without receiving any byte (stall
+	// detection); time the caller spends between reads (fsync, hooks) does
+	// not count. Zero means the default; a negative value disables the
+	// timeout.
+	ConnectTimeout, ResponseHeaderTimeout, IdleReadTimeout time.Duration
+
+	// GetClientCertificate, when set, supplies the TLS client certificate
+	// (see tls.Config.GetClientCertificate). It is asked on every handshake,
+	// so a renewed certificate is used without building a new client.
+	GetClientCertificate func(*tls.CertificateRequestInfo) (*tls.Certificate, error)
+}
+
+func orDefault(d, def time.Duration) time.Duration {
+	switch {
+	case d == 0:
+		return def
+	case d < 0:
+		return 0
+	}
+	return d
+}
+
+// NewClient returns the HTTP client Fetch expects. It speaks HTTP/1.1 and
+// HTTP/2, never asks for compressed transfer (byte counts and ranges must be
+// those of the stored resource), follows at most MaxRedirects redirects and
+// only to http or https URLs, and connects directly (no proxy).
+//
+// Call CloseIdleConnections on it when it is no longer needed.
+func NewClient(o ClientOptions) *http.Client {
+	connect := orDefault(o.ConnectTimeout, DefaultConnectTimeout)
+	dialer := &net.Dialer{
+		Timeout:   connect,
+		KeepAlive: 30 * time.Second,
+	}
+	if !o.AllowPrivateMetadata {
+		dialer.ControlContext = refuseMetadata
+	}
+	base := &http.Transport{
+		Proxy:       nil, // direct: the address check below must see the origin
+		DialContext: dialer.DialContext,
+		TLSClientConfig: &tls.Config{
+			RootCAs:              o.RootCAs,
+			GetClientCertificate: o.GetClientCertificate,
+			MinVersion:           tls.VersionTLS12,
+		},
+		TLSHandshakeTimeout:   connect,
+		ResponseHeaderTimeout: orDefault(o.ResponseHeaderTimeout, DefaultResponseHeaderTimeout),
+		DisableCompression:    true,
+		ForceAttemptHTTP2:     true,
+		MaxIdleConns:          100,
+		MaxIdleConnsPerHost:   4,
+		IdleConnTimeout:       90 * time.Second,
+		ExpectContinueTimeout: time.Second,
+	}
+	var rt http.RoundTripper = base
+	if idle := orDefault(o.IdleReadTimeout, DefaultIdleReadTimeout); idle > 0 {
+		rt = &stallTransport{base: base, idle: idle}
+	}
+	allowDowngrade := o.AllowHTTPSToHTTP
+	return &http.Client{
+		Transport: rt,
+		CheckRedirect: func(req *http.Request, via []*http.Request) error {
+			return checkRedirect(req, via, allowDowngrade)
+		},
+	}
+}
+
+// redirectError is returned by CheckRedirect; Fetch maps it to
+// ERROR_WINHTTP_REDIRECT_FAILED.
+type redirectError struct{ reason string }
+
+func (e *redirectError) Error() string { return "redirect refused: " + e.reason }
+
+func checkRedirect(req *http.Request, via []*http.Request, allowDowngrade bool) error {
+	if len(via) >= MaxRedirects {
+		return &redirectError{fmt.Sprintf("stopped after %d redirects", MaxRedirects)}
+	}
+	switch req.URL.Scheme {
+	case "http", "https":
+	default:
+		return &redirectError{fmt.Sprintf("the server redirected to a %q URL; only http and https are allowed", req.URL.Scheme)}
+	}
+	prev := via[len(via)-1].URL
+	if prev.Scheme == "https" && req.URL.Scheme == "http" && !allowDowngrade {
+		return &redirectError{fmt.Sprintf("the server redirected from https to plain http (%s); allow it with AllowHTTPSToHTTP", redactURL(req.URL))}
+	}
+	return nil
+}
+
+// blockedAddrError is returned by the dialer's control function when the
+// resolved address is link-local or a cloud metadata endpoint.
+type blockedAddrError struct{ addr netip.Addr }
+
+func (e *blockedAddrError) Error() string {
+	return fmt.Sprintf("refusing to connect to %s: link-local and cloud metadata addresses are blocked (AllowPrivateMetadata is off)", e.addr)
+}
+
+// Well-known instance metadata endpoints outside link-local space.
+var metadataAddrs = []netip.Addr{
+	netip.MustParseAddr("fd00:ec2::254"),   // AWS IMDS over IPv6
+	netip.MustParseAddr("100.100.100.200"), // Alibaba Cloud
+	netip.MustParseAddr("168.63.129.16"),   // Azure WireServer
+}
+
+var nat64 = netip.MustParsePrefix("64:ff9b::/96")
+
+// blockedAddr reports whether a must be refused when AllowPrivateMetadata is
+// off. IPv4-mapped and NAT64 (64:ff9b::/96) forms of IPv4 addresses are
+// judged by the IPv4 address they carry.
+func blockedAddr(a netip.Addr) bool {
+	a = a.WithZone("").Unmap()
+	if nat64.Contains(a) {
+		b := a.As16()
+		a = netip.AddrFrom4([4]byte(b[12:16]))
+	}
+	if a.IsLinkLocalUnicast() || a.IsLinkLocalMulticast() {
+		return true
+	}
+	for _, m := range metadataAddrs {
+		if a == m {
+			return true
+		}
+	}
+	return false
+}
+
+// refuseMetadata is a net.Dialer control function: it runs after the name is
+// resolved and the socket created, before connect, once per address tried.
+func refuseMetadata(_ context.Context, _, address string, _ syscall.RawConn) error {
+	ap, err := netip.ParseAddrPort(address)
+	if err != nil {
+		// TCP and UDP dials always pass a literal ip:port here.
+		return fmt.Errorf("unexpected dial address %q: %w", address, err)
+	}
+	if blockedAddr(ap.Addr()) {
+		return &blockedAddrError{addr: ap.Addr()}
+	}
+	return nil
+}
+
+// stallTransport adds stall detection to response bodies: a body Read that
+// receives nothing for idle fails with a stallError and aborts the request.
+type stallTransport struct {
+	base *http.Transport
+	idle time.Duration
+}
+
+func (t *stallTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	ctx, cancel := context.WithCancelCause(req.Context())
+	resp, err := t.base.RoundTrip(req.WithContext(ctx))
+	if err != nil {
+		cancel(nil)
+		return nil, err
+	}
+	s := &stallReader{rc: resp.Body, idle: t.idle, cancel: cancel}
+	s.timer = time.AfterFunc(time.Hour, s.fire)
+	s.timer.Stop()
+	resp.Body = s
+	return resp, nil
+}
+
+// CloseIdleConnections lets http.Client.CloseIdleConnections reach the
+// underlying transport.
+func (t *stallTransport) CloseIdleConnections() { t.base.CloseIdleConnections() }
+
+// stallError is the error of a body read that stalled. It is a net.Error
+// with Timeout() true.
+type stallError struct{ idle time.Duration }
+
+func (e *stallError) Error() string {
+	return fmt.Sprintf("no data received from the server for %s", e.idle)
+}
+func (e *stallError) Timeout() bool   { return true }
+func (e *stallError) Temporary() bool { return true }
+
+type stallReader struct {
+	rc      io.ReadCloser
+	idle    time.Duration
+	timer   *time.Timer
+	stalled atomic.Bool
+	cancel  context.CancelCauseFunc
+}
+
+func (s *stallReader) fire() {
+	s.stalled.Store(true)
+	s.cancel(&stallError{s.idle})
+}
+
+// Read arms the timer only while it waits for the network, so the caller's
+// own pauses between reads (fsync, hooks) never count as a stall.
+func (s *stallReader) Read(p []byte) (int, error) {
+	s.timer.Reset(s.idle)
+	n, err := s.rc.Read(p)
+	s.timer.Stop()
+	if s.stalled.Load() {
+		return n, &stallError{s.idle}
+	}
+	return n, err
+}
+
+func (s *stallReader) Close() error {
+	s.timer.Stop()
+	err := s.rc.Close()
+	s.cancel(nil)
+	return err
+}

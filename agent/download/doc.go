@@ -1,0 +1,31 @@
+// Package download owns the agent's transfer of one remote file over HTTP or
+// HTTPS into a staged temporary file, with resume.
+//
+// Fetch streams the body into Request.TempName under the agent's root
+// (os.Root, so nothing is ever written outside it), hashing with SHA-256 as it
+// writes. Next to the temporary file lives a small JSON sidecar
+// (TempName+".state") that records how many bytes of the temporary file are
+// durable, the marshalled SHA-256 state after exactly those bytes, and the
+// server's validators. The invariant the package keeps is:
+//
+//	the first sidecar.Offset bytes of the temporary file are fsynced, belong
+//	to the resource identified by the sidecar's validators, and hash to the
+//	sidecar's SHA-256 state.
+//
+// So a later Fetch (after a crash, a transient error or a Cancel of the
+// context) truncates the file to that offset, restores the hash and asks for
+// the rest with Range/If-Range, without reading the prefix again. When the
+// sidecar says Complete, Fetch returns the Result without touching the
+// network, which makes "staged, but the event was never written" idempotent.
+//
+// Errors are *Failure values in ferry's BITS vocabulary (job.Code, error
+// context, transient or fatal, Retry-After). The caller (the agent worker)
+// turns hooks and results into job events; this package emits none itself.
+//
+// NewClient builds the *http.Client Fetch expects: no transparent gzip,
+// dial-time refusal of link-local and cloud metadata addresses, refusal of
+// HTTPS→HTTP redirects, and stall detection on the response body.
+//
+// The package imports only job (for the error vocabulary) and the standard
+// library plus zerolog.
+package download
