@@ -1,0 +1,346 @@
+package coordinator
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ferry-dev/ferry/events"
+	"github.com/ferry-dev/ferry/job"
+	"github.com/google/uuid"
+)
+
+// CreateRequest is the body of POST /v1/jobs.
+type CreateRequest struct {
+	DisplayName        string            `json:"display_name"`
+	Description        string            `json:"description,omitempty"`
+	Priority           string            `json:"priority,omitempty"`
+	Pool               string            `json:"pool,omitempty"`
+	Files              []events.FileSpec `json:"files,omitempty"`
+	MinimumRetryDelayS *int64            `json:"minimum_retry_delay_s,omitempty"`
+	NoProgressTimeoutS *int64            `json:"no_progress_timeout_s,omitempty"`
+	// Resume queues the job right after creating it.
+	Resume bool `json:"resume,omitempty"`
+}
+
+// AddFilesRequest is the body of POST /v1/jobs/{id}/files.
+type AddFilesRequest struct {
+	Files []events.FileSpec `json:"files"`
+}
+
+// PatchRequest is the body of PATCH /v1/jobs/{id}.
+type PatchRequest struct {
+	DisplayName        *string `json:"display_name,omitempty"`
+	Description        *string `json:"description,omitempty"`
+	Priority           *string `json:"priority,omitempty"`
+	MinimumRetryDelayS *int64  `json:"minimum_retry_delay_s,omitempty"`
+	NoProgressTimeoutS *int64  `json:"no_progress_timeout_s,omitempty"`
+}
+
+// ActionResponse answers job actions: the BITS result code and the job after
+// the action.
+type ActionResponse struct {
+	Code    string  `json:"code"`
+	HResult string  `json:"hresult"`
+	Job     job.Job `json:"job"`
+}
+
+// ListResponse answers GET /v1/jobs.
+type ListResponse struct {
+	Jobs []job.Job `json:"jobs"`
+}
+
+// Handler returns the HTTP API.
+func (s *Service) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/jobs", s.handle(s.createJob))
+	mux.HandleFunc("GET /v1/jobs", s.handle(s.listJobs))
+	mux.HandleFunc("GET /v1/jobs/{id}", s.handle(s.getJob))
+	mux.HandleFunc("PATCH /v1/jobs/{id}", s.handle(s.patchJob))
+	mux.HandleFunc("POST /v1/jobs/{id}/files", s.handle(s.addFiles))
+	mux.HandleFunc("POST /v1/jobs/{id}/{action}", s.handle(s.action))
+	mux.HandleFunc("GET /v1/jobs/{id}/events", s.handle(s.jobEvents))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, 200, map[string]string{"status": "ok"}) })
+	mux.HandleFunc("/", s.handle(func(w http.ResponseWriter, r *http.Request, _ string) error {
+		return &job.Error{Code: withStatus(job.ERROR_NOT_FOUND, http.StatusNotFound), Detail: fmt.Sprintf("no route for %s %s", r.Method, r.URL.Path)}
+	}))
+	return mux
+}
+
+type handlerFunc func(w http.ResponseWriter, r *http.Request, principal string) error
+
+// handle authenticates the caller, tags the request with a correlation ID and
+// turns errors into problem documents.
+func (s *Service) handle(h handlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		principal, err := s.principal(r)
+		if err != nil {
+			writeProblem(w, r, s.log, err)
+			return
+		}
+		corr := r.Header.Get("X-Request-Id")
+		if corr == "" || len(corr) > 64 {
+			corr = uuid.NewString()
+		}
+		w.Header().Set("X-Request-Id", corr)
+		r = r.WithContext(context.WithValue(r.Context(), correlationKey, corr))
+		if err := h(w, r, principal); err != nil {
+			writeProblem(w, r, s.log, err)
+		}
+	}
+}
+
+func seconds(p *int64) *time.Duration {
+	if p == nil {
+		return nil
+	}
+	d := time.Duration(*p) * time.Second
+	return &d
+}
+
+func (s *Service) createJob(w http.ResponseWriter, r *http.Request, principal string) error {
+	var req CreateRequest
+	if err := decodeBody(w, r, &req); err != nil {
+		return err
+	}
+	prio, err := job.ParsePriority(req.Priority)
+	if err != nil {
+		return err
+	}
+	id, err := newJobID()
+	if err != nil {
+		return err
+	}
+	res, err := s.exec(r.Context(), id, job.Create{
+		JobID: id, DisplayName: req.DisplayName, Description: req.Description, Owner: principal,
+		Priority: prio, Pool: req.Pool, Files: req.Files, Limits: s.cfg.Limits,
+		MinimumRetryDelay: seconds(req.MinimumRetryDelayS), NoProgressTimeout: seconds(req.NoProgressTimeoutS),
+	}, principal)
+	if err != nil {
+		return err
+	}
+	if req.Resume {
+		if res, err = s.exec(r.Context(), id, job.Resume{}, principal); err != nil {
+			// The job exists; say so alongside the refusal.
+			p := ProblemFor(err)
+			p.Instance, p.JobID = r.URL.Path, id
+			w.Header().Set("Location", "/v1/jobs/"+id)
+			w.Header().Set("Content-Type", "application/problem+json")
+			w.WriteHeader(p.Status)
+			return json.NewEncoder(w).Encode(p)
+		}
+	}
+	w.Header().Set("Location", "/v1/jobs/"+id)
+	writeJSON(w, http.StatusCreated, res.Job)
+	return nil
+}
+
+func (s *Service) listJobs(w http.ResponseWriter, r *http.Request, principal string) error {
+	q := r.URL.Query()
+	var states map[job.State]bool
+	if v := q.Get("state"); v != "" {
+		states = map[job.State]bool{}
+		for _, st := range strings.Split(v, ",") {
+			st = strings.ToUpper(strings.TrimSpace(st))
+			if !validState(job.State(st)) {
+				return job.Errorf(job.E_INVALIDARG, "unknown state %q", st)
+			}
+			states[job.State(st)] = true
+		}
+	}
+	all := q.Get("all") == "true"
+	jobs, err := s.readModel.List(r.Context(), func(j *job.Job) bool {
+		if states != nil && !states[j.State] {
+			return false
+		}
+		// ACKNOWLEDGED and CANCELLED jobs are no longer enumerated, as in
+		// BITS, unless asked for.
+		return all || states != nil || !j.State.Final()
+	})
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, ListResponse{Jobs: jobs})
+	return nil
+}
+
+func validState(s job.State) bool {
+	for _, v := range job.States {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
+// load returns the job's current state: from the read model, or, when the
+// projection has not caught up, by replaying its events.
+func (s *Service) load(ctx context.Context, id string) (job.Job, error) {
+	j, ok, err := s.readModel.Get(ctx, id)
+	if err != nil {
+		return job.Job{}, err
+	}
+	if ok {
+		return j, nil
+	}
+	return s.repo.Load(ctx, id)
+}
+
+func (s *Service) getJob(w http.ResponseWriter, r *http.Request, principal string) error {
+	j, err := s.load(r.Context(), r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, j)
+	return nil
+}
+
+func (s *Service) patchJob(w http.ResponseWriter, r *http.Request, principal string) error {
+	var req PatchRequest
+	if err := decodeBody(w, r, &req); err != nil {
+		return err
+	}
+	c := job.Modify{DisplayName: req.DisplayName, Description: req.Description,
+		MinimumRetryDelay: seconds(req.MinimumRetryDelayS), NoProgressTimeout: seconds(req.NoProgressTimeoutS)}
+	if req.Priority != nil {
+		p, err := job.ParsePriority(*req.Priority)
+		if err != nil {
+			return err
+		}
+		c.Priority = &p
+	}
+	return s.respond(w, r, job.Modify(c), principal)
+}
+
+func (s *Service) addFiles(w http.ResponseWriter, r *http.Request, principal string) error {
+	var req AddFilesRequest
+	if err := decodeBody(w, r, &req); err != nil {
+		return err
+	}
+	return s.respond(w, r, job.AddFiles{Files: req.Files, Limits: s.cfg.Limits}, principal)
+}
+
+func (s *Service) action(w http.ResponseWriter, r *http.Request, principal string) error {
+	var c job.Command
+	switch a := r.PathValue("action"); a {
+	case "resume":
+		c = job.Resume{}
+	case "suspend":
+		c = job.Suspend{}
+	case "cancel":
+		c = job.Cancel{}
+	case "complete":
+		c = job.Complete{}
+	default:
+		return &job.Error{Code: withStatus(job.ERROR_NOT_FOUND, http.StatusNotFound), Detail: fmt.Sprintf("unknown job action %q", a)}
+	}
+	if r.ContentLength > 0 {
+		var empty struct{}
+		if err := decodeBody(w, r, &empty); err != nil {
+			return err
+		}
+	}
+	return s.respond(w, r, c, principal)
+}
+
+// respond runs a command on the job named in the path and answers with the
+// result code and the new state.
+func (s *Service) respond(w http.ResponseWriter, r *http.Request, c job.Command, principal string) error {
+	id := r.PathValue("id")
+	res, err := s.exec(r.Context(), id, c, principal)
+	if err != nil {
+		return err
+	}
+	code, status := job.S_OK, http.StatusOK
+	switch {
+	case len(res.Events) == 0:
+		code = job.S_FALSE
+	case res.Job.PendingComplete:
+		status = http.StatusAccepted // the files' host renames them
+	case res.Job.State == job.Acknowledged && res.Job.Progress.FilesTransferred < res.Job.Progress.FilesTotal:
+		code = job.BG_S_PARTIAL_COMPLETE
+	}
+	writeJSON(w, status, ActionResponse{Code: code.Symbol, HResult: code.HResultString(), Job: res.Job})
+	return nil
+}
+
+// jobEvents streams a job's events as server-sent events: every stored event
+// after Last-Event-ID (or ?after=N), then new ones as they happen. Each event's
+// id is its stream sequence, so a client that reconnects with Last-Event-ID
+// misses nothing and sees nothing twice.
+func (s *Service) jobEvents(w http.ResponseWriter, r *http.Request, principal string) error {
+	id := r.PathValue("id")
+	if _, err := s.load(r.Context(), id); err != nil {
+		return err
+	}
+	var after uint64
+	if v := r.Header.Get("Last-Event-ID"); v != "" {
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			return job.Errorf(job.E_INVALIDARG, "Last-Event-ID %q is not a sequence number", v)
+		}
+		after = n
+	} else if v := r.URL.Query().Get("after"); v != "" {
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			return job.Errorf(job.E_INVALIDARG, "after %q is not a sequence number", v)
+		}
+		after = n
+	}
+	rc := http.NewResponseController(w)
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	if err := rc.Flush(); err != nil {
+		return nil
+	}
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	var mu sync.Mutex // events and keep-alives share the response
+	send := func(format string, args ...any) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if _, err := fmt.Fprintf(w, format, args...); err != nil {
+			cancel()
+			return err
+		}
+		if err := rc.Flush(); err != nil {
+			cancel()
+			return err
+		}
+		return nil
+	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	wg.Go(func() {
+		t := time.NewTicker(15 * time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				_ = send(": keep-alive\n\n")
+			}
+		}
+	})
+	err := s.store.Subscribe(ctx, events.JobSubject(id), after, func(ev events.Event) error {
+		body, err := events.Marshal(&ev)
+		if err != nil {
+			return err
+		}
+		return send("id: %d\nevent: %s\ndata: %s\n\n", ev.Seq, ev.Type, body)
+	})
+	if err != nil && ctx.Err() == nil && !errors.Is(err, context.Canceled) {
+		s.log.Debug().Err(err).Str("job", id).Msg("event stream ended")
+	}
+	return nil
+}

@@ -1,0 +1,250 @@
+// Package coordinator owns the job API: job commands over HTTP (JSON under
+// /v1, errors as problem+json), who may do what, dispatch of jobs to agent
+// pools on FERRY_CMDS, the reconciler that re-dispatches what a crash may
+// have lost, the KV read model and its projector, and job event streams as
+// server-sent events.
+//
+// It imports job (and its jobstore and dispatch packages) and events; never
+// agent or certvault.
+package coordinator
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/ferry-dev/ferry/events"
+	"github.com/ferry-dev/ferry/job"
+	"github.com/ferry-dev/ferry/job/dispatch"
+	"github.com/ferry-dev/ferry/job/jobstore"
+	"github.com/google/uuid"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+	"golang.org/x/sync/errgroup"
+)
+
+// Config tunes the coordinator. The zero value works.
+type Config struct {
+	Limits job.Limits
+	// ReconcileInterval is how often every job is checked for a lost
+	// dispatch or a due retry (default 15 s).
+	ReconcileInterval time.Duration
+	// Anonymous is the principal of callers without a verified client
+	// certificate (loopback development only); empty refuses them.
+	Anonymous string
+}
+
+// Service is the coordinator.
+type Service struct {
+	cfg       Config
+	log       zerolog.Logger
+	js        jetstream.JetStream
+	store     events.Store
+	repo      *jobstore.Repo
+	readModel ReadModel
+	projector *Projector
+	kick      chan struct{}
+}
+
+// New assembles a coordinator on an event store and a JetStream context. It
+// creates the read-model bucket and the command stream if missing.
+func New(ctx context.Context, cfg Config, log zerolog.Logger, js jetstream.JetStream, store events.Store) (*Service, error) {
+	if cfg.ReconcileInterval <= 0 {
+		cfg.ReconcileInterval = 15 * time.Second
+	}
+	kv, err := EnsureJobsBucket(ctx, js, 1)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := dispatch.EnsureStream(ctx, js, dispatch.StreamOptions{}); err != nil {
+		return nil, err
+	}
+	s := &Service{
+		cfg: cfg, log: log.With().Str("component", "coordinator").Logger(), js: js, store: store,
+		repo:      &jobstore.Repo{Store: store},
+		readModel: ReadModel{KV: kv},
+		kick:      make(chan struct{}, 1),
+	}
+	s.projector = &Projector{Store: store, KV: kv, Log: s.log, OnApply: s.onApply}
+	return s, nil
+}
+
+// Run runs the projector and the reconciler until ctx ends.
+func (s *Service) Run(ctx context.Context) error {
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return s.projector.Run(ctx) })
+	g.Go(func() error { return s.reconcileLoop(ctx) })
+	err := g.Wait()
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+// Projector exposes the read-model projector (tests and the dev stack wait
+// on it).
+func (s *Service) Projector() *Projector { return s.projector }
+
+// ReadModel exposes the query side.
+func (s *Service) ReadModel() ReadModel { return s.readModel }
+
+// onApply reacts to projected states that need a command published.
+func (s *Service) onApply(j *job.Job, ev *events.Event) {
+	switch ev.Type {
+	case events.TypeJobTransientError:
+		// A retry is now scheduled: let the reconciler recompute its timer.
+		select {
+		case s.kick <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// --- commands ---------------------------------------------------------------
+
+// exec runs a command as principal and publishes what it implies.
+func (s *Service) exec(ctx context.Context, id string, c job.Command, principal string) (jobstore.Result, error) {
+	m := events.Meta{Actor: principal, CorrelationID: correlationID(ctx)}
+	res, err := s.repo.Execute(ctx, id, c, m, nil)
+	if err != nil {
+		return res, err
+	}
+	if len(res.Events) > 0 {
+		s.publishFor(ctx, &res.Job)
+	}
+	return res, nil
+}
+
+// publishFor publishes the command a job's state calls for, if any. A
+// failure is logged, not returned: the event is stored, so the reconciler
+// will publish it later (an accepted command is never lost).
+func (s *Service) publishFor(ctx context.Context, j *job.Job) {
+	subject, cmd, ok := commandFor(j, time.Now())
+	if !ok {
+		return
+	}
+	err := dispatch.Publish(ctx, s.js, subject, cmd)
+	switch {
+	case err == nil:
+		s.log.Debug().Str("job", j.ID).Str("kind", cmd.Kind).Uint64("seq", cmd.JobSeq).Msg("dispatched")
+	case errors.Is(err, dispatch.ErrPending):
+		s.log.Debug().Str("job", j.ID).Str("kind", cmd.Kind).Msg("dispatch already pending")
+	default:
+		s.log.Warn().Err(err).Str("job", j.ID).Str("kind", cmd.Kind).Msg("dispatch failed; the reconciler will retry")
+	}
+}
+
+// commandFor says which command, if any, the job's state needs published.
+func commandFor(j *job.Job, now time.Time) (string, dispatch.Command, bool) {
+	c := dispatch.Command{JobID: j.ID, JobSeq: j.Version}
+	switch {
+	case j.State == job.Cancelled && j.PendingCleanup && j.FilesAgent != "":
+		c.Kind = dispatch.KindCleanup
+		return dispatch.AgentSubject(j.FilesAgent, j.ID), c, true
+	case j.PendingComplete && j.FilesAgent != "":
+		c.Kind = dispatch.KindComplete
+		return dispatch.AgentSubject(j.FilesAgent, j.ID), c, true
+	case j.State == job.Queued && j.Agent == "",
+		j.State == job.TransientError && j.RetryAt != nil && !now.Before(*j.RetryAt):
+		c.Kind = dispatch.KindTransfer
+		return dispatch.PoolSubject(j.Pool, j.ID), c, true
+	}
+	return "", c, false
+}
+
+// reconcileLoop re-publishes commands that a crash between "event stored"
+// and "command published" lost, and dispatches retries when their delay has
+// elapsed. It runs at start, every ReconcileInterval, and at the earliest
+// scheduled retry.
+func (s *Service) reconcileLoop(ctx context.Context) error {
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-timer.C:
+		case <-s.kick:
+		}
+		next, err := s.reconcile(ctx)
+		if err != nil && ctx.Err() == nil {
+			s.log.Warn().Err(err).Msg("reconcile failed")
+		}
+		wait := s.cfg.ReconcileInterval
+		if !next.IsZero() {
+			wait = min(wait, max(time.Until(next), 10*time.Millisecond))
+		}
+		if !timer.Stop() {
+			select {
+			case <-timer.C:
+			default:
+			}
+		}
+		timer.Reset(wait)
+	}
+}
+
+// reconcile publishes every command the read model says is due and returns
+// the time of the earliest future retry.
+func (s *Service) reconcile(ctx context.Context) (time.Time, error) {
+	now := time.Now()
+	var next time.Time
+	jobs, err := s.readModel.List(ctx, func(j *job.Job) bool { return !j.State.Final() || j.PendingCleanup })
+	if err != nil {
+		return next, err
+	}
+	for i := range jobs {
+		j := &jobs[i]
+		if j.State == job.TransientError && j.RetryAt != nil && j.RetryAt.After(now) {
+			if next.IsZero() || j.RetryAt.Before(next) {
+				next = *j.RetryAt
+			}
+			continue
+		}
+		s.publishFor(ctx, j)
+	}
+	return next, nil
+}
+
+// --- helpers ----------------------------------------------------------------
+
+type ctxKey int
+
+const correlationKey ctxKey = iota
+
+func correlationID(ctx context.Context) string {
+	v, _ := ctx.Value(correlationKey).(string)
+	return v
+}
+
+// newJobID makes a job ID: a UUIDv7, so IDs sort by creation time.
+func newJobID() (string, error) {
+	id, err := uuid.NewV7()
+	if err != nil {
+		return "", fmt.Errorf("coordinator: new job id: %w", err)
+	}
+	return id.String(), nil
+}
+
+// Principal names the caller of a request: the single URI SAN of its
+// verified client certificate, else its subject DN, else the configured
+// anonymous principal (empty: refused).
+func (s *Service) principal(r *http.Request) (string, error) {
+	if r.TLS != nil && len(r.TLS.VerifiedChains) > 0 && len(r.TLS.VerifiedChains[0]) > 0 {
+		return principalOf(r.TLS.VerifiedChains[0][0]), nil
+	}
+	if s.cfg.Anonymous != "" {
+		return s.cfg.Anonymous, nil
+	}
+	return "", &job.Error{Code: job.E_UNAUTHENTICATED, Detail: "a verified client certificate is required"}
+}
+
+func principalOf(c *x509.Certificate) string {
+	if len(c.URIs) == 1 {
+		return c.URIs[0].String()
+	}
+	return "x509:" + c.Subject.String()
+}
