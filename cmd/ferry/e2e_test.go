@@ -1,0 +1,481 @@
+package main
+
+// End-to-end tests through the real binary: `ferry dev` as a separate
+// process, the CLI as separate processes, an HTTPS origin with a throwaway CA
+// in this test process.
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ferry-dev/ferry/events"
+	"github.com/ferry-dev/ferry/job"
+	"github.com/ferry-dev/ferry/services"
+	"github.com/google/go-cmp/cmp"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+var ferryBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "ferry-e2e-bin")
+	if err != nil {
+		panic(err)
+	}
+	ferryBin = filepath.Join(dir, "ferry")
+	build := exec.Command("go", "build", "-o", ferryBin, ".")
+	build.Stdout, build.Stderr = os.Stdout, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "building ferry:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// origin is an HTTPS server with a throwaway CA serving one generated file
+// with Range support. If gateAt > 0, the first request stops after gateAt
+// bytes until release is closed.
+type origin struct {
+	srv     *httptest.Server
+	caFile  string
+	size    int64
+	sum     string
+	gateAt  int64
+	reached chan struct{} // closed once the gated request sent gateAt bytes
+	release chan struct{}
+
+	mu     sync.Mutex
+	ranges []string
+	reqs   atomic.Int32
+}
+
+func newOrigin(t *testing.T, size, gateAt int64) *origin {
+	o := &origin{size: size, gateAt: gateAt, reached: make(chan struct{}), release: make(chan struct{})}
+	h := sha256.New()
+	if _, err := io.Copy(h, services.NewPattern(size)); err != nil {
+		t.Fatal(err)
+	}
+	o.sum = hex.EncodeToString(h.Sum(nil))
+	o.srv = httptest.NewUnstartedServer(http.HandlerFunc(o.serve))
+	o.srv.EnableHTTP2 = false
+	o.srv.StartTLS()
+	t.Cleanup(func() {
+		select {
+		case <-o.release:
+		default:
+			close(o.release)
+		}
+		o.srv.CloseClientConnections()
+		o.srv.Close()
+	})
+	ca := o.srv.Certificate()
+	o.caFile = filepath.Join(t.TempDir(), "origin-ca.pem")
+	if err := os.WriteFile(o.caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.Raw}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return o
+}
+
+func (o *origin) url() string { return o.srv.URL + "/big.bin" }
+
+func (o *origin) serve(w http.ResponseWriter, r *http.Request) {
+	n := o.reqs.Add(1)
+	o.mu.Lock()
+	o.ranges = append(o.ranges, r.Header.Get("Range"))
+	o.mu.Unlock()
+	w.Header().Set("ETag", `"big-v1"`)
+	var body io.ReadSeeker = services.NewPattern(o.size)
+	if n == 1 && o.gateAt > 0 {
+		body = &gated{ReadSeeker: body, at: o.gateAt, o: o}
+	}
+	http.ServeContent(w, r, "big.bin", time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), body)
+}
+
+func (o *origin) rangesSeen() []string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return append([]string(nil), o.ranges...)
+}
+
+// gated serves bytes up to at, then signals and blocks until release.
+type gated struct {
+	io.ReadSeeker
+	pos  int64
+	at   int64
+	o    *origin
+	once sync.Once
+}
+
+func (g *gated) Seek(off int64, whence int) (int64, error) {
+	p, err := g.ReadSeeker.Seek(off, whence)
+	g.pos = p
+	return p, err
+}
+
+func (g *gated) Read(b []byte) (int, error) {
+	if g.pos >= g.at {
+		g.once.Do(func() { close(g.o.reached) })
+		<-g.o.release
+		return 0, io.ErrUnexpectedEOF
+	}
+	if rem := g.at - g.pos; int64(len(b)) > rem {
+		b = b[:rem]
+	}
+	n, err := g.ReadSeeker.Read(b)
+	g.pos += int64(n)
+	return n, err
+}
+
+// stack is a `ferry dev` process.
+type stack struct {
+	t       *testing.T
+	dataDir string
+	root    string
+	cmd     *exec.Cmd
+	info    services.DevInfo
+	stderr  *bytes.Buffer
+}
+
+func startStack(t *testing.T, dataDir, root, originCA string, extra ...string) *stack {
+	t.Helper()
+	old, _ := services.ReadDevInfo(dataDir)
+	args := append([]string{"dev", "--data-dir", dataDir, "--root", root, "--http", "127.0.0.1:0",
+		"--nats-listen", "127.0.0.1:0", "--no-demo-origin", "--origin-ca", originCA, "--agent-id", "e2e",
+		"--log-level", "debug"}, extra...)
+	cmd := exec.Command(ferryBin, args...)
+	s := &stack{t: t, dataDir: dataDir, root: root, cmd: cmd, stderr: &bytes.Buffer{}}
+	cmd.Stdout = io.Discard
+	cmd.Stderr = &lockedWriter{w: s.stderr}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.stop(syscall.SIGKILL) })
+	waitFor(t, 60*time.Second, "ferry dev to start", func() bool {
+		info, err := services.ReadDevInfo(dataDir)
+		if err != nil || info.PID != cmd.Process.Pid || info == old {
+			return false
+		}
+		s.info = info
+		return true
+	})
+	return s
+}
+
+func (s *stack) stop(sig syscall.Signal) {
+	if s.cmd.ProcessState != nil {
+		return
+	}
+	_ = s.cmd.Process.Signal(sig)
+	_ = s.cmd.Wait()
+	if s.t.Failed() {
+		s.t.Logf("ferry dev log:\n%s", tail(s.stderr.String(), 4000))
+	}
+}
+
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}
+
+// ferry runs the CLI against the stack's data directory.
+func ferry(t *testing.T, dataDir string, args ...string) (string, int) {
+	t.Helper()
+	cmd := exec.Command(ferryBin, args...)
+	cmd.Env = append(os.Environ(), "FERRY_DATA_DIR="+dataDir)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("ferry %v: %v", args, err)
+	}
+	if code != 0 {
+		t.Logf("ferry %v exited %d; stderr:\n%s", args, code, errb.String())
+	}
+	return out.String(), code
+}
+
+func waitFor(t *testing.T, limit time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", limit, what)
+		}
+		time.Sleep(20 * time.Millisecond) // polling a condition, not timing
+	}
+}
+
+func fileSum(t *testing.T, p string) string {
+	t.Helper()
+	f, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+func showJob(t *testing.T, dataDir, id string) job.Job {
+	t.Helper()
+	out, code := ferry(t, dataDir, "job", "show", id, "-o", "json")
+	if code != 0 {
+		t.Fatalf("job show exited %d", code)
+	}
+	var j job.Job
+	if err := json.Unmarshal([]byte(out), &j); err != nil {
+		t.Fatalf("job show output: %v\n%s", err, out)
+	}
+	return j
+}
+
+// TestTransferEndToEnd: `ferry dev` + `ferry transfer` of a 64 MiB file over
+// HTTPS; the file is exact and the job's events tell its life in order.
+func TestTransferEndToEnd(t *testing.T) {
+	o := newOrigin(t, 64<<20, 0)
+	dataDir, root := t.TempDir(), t.TempDir()
+	s := startStack(t, dataDir, root, o.caFile)
+	dest := filepath.Join(root, "downloads", "big.bin")
+
+	out, code := ferry(t, dataDir, "transfer", o.url(), dest, "-o", "json")
+	if code != 0 {
+		t.Fatalf("transfer exited %d\n%s", code, out)
+	}
+	if got := fileSum(t, dest); got != o.sum {
+		t.Fatalf("sha256 %s, want %s", got, o.sum)
+	}
+	// The NDJSON stream of the transfer is the job's history.
+	var lines []services.WatchLine
+	sc := bufio.NewScanner(strings.NewReader(out))
+	for sc.Scan() {
+		var l services.WatchLine
+		if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
+			t.Fatalf("bad NDJSON line %q: %v", sc.Text(), err)
+		}
+		lines = append(lines, l)
+	}
+	if len(lines) == 0 {
+		t.Fatal("no events printed")
+	}
+	id := lines[0].Event.AggregateID
+	var types []string
+	for _, l := range lines {
+		if l.Event.Type != events.TypeFileProgressed {
+			types = append(types, l.Event.Type)
+		}
+	}
+	want := []string{"JobCreated", "FilesAdded", "JobQueued", "JobLeased", "JobConnecting", "JobTransferring",
+		"FileTransferred", "JobTransferred", "JobCompleteRequested", "JobAcknowledged"}
+	if diff := cmp.Diff(want, types); diff != "" {
+		t.Fatalf("event order (-want +got):\n%s", diff)
+	}
+	j := showJob(t, dataDir, id)
+	if j.State != job.Acknowledged || !j.Files[0].Completed || j.Files[0].SHA256 != o.sum {
+		t.Fatalf("job after transfer: %+v", j)
+	}
+	// No temporary files are left next to the destination.
+	entries, _ := os.ReadDir(filepath.Dir(dest))
+	if len(entries) != 1 {
+		t.Fatalf("destination directory holds %d entries, want only big.bin", len(entries))
+	}
+	assertReplayEqualsReadModel(t, s.info.NATSURL, id, j)
+
+	// The CLI's errors for bad input carry the BITS symbols.
+	if _, code := ferry(t, dataDir, "job", "show", "0000000000"); code != 1 {
+		t.Fatalf("show of an unknown job exited %d", code)
+	}
+	out, code = ferry(t, dataDir, "job", "resume", id)
+	if code != 1 {
+		t.Fatalf("resume after ACKNOWLEDGED exited %d: %s", code, out)
+	}
+	s.stop(syscall.SIGTERM)
+	if s.cmd.ProcessState.ExitCode() != 0 {
+		t.Fatalf("ferry dev exited %d after SIGTERM", s.cmd.ProcessState.ExitCode())
+	}
+}
+
+// TestKillMidTransferAndRestart: kill the whole stack (SIGKILL, and SIGTERM
+// for a graceful stop) while a file is half transferred, start it again on
+// the same data directory, and see the job resume with a Range request and
+// finish with an exact file and a read model equal to a fresh replay; jobs
+// that were settled before show the same status after the restart.
+func TestKillMidTransferAndRestart(t *testing.T) {
+	for _, sig := range []syscall.Signal{syscall.SIGKILL, syscall.SIGTERM} {
+		t.Run(sig.String(), func(t *testing.T) { killAndRestart(t, sig) })
+	}
+}
+
+func killAndRestart(t *testing.T, sig syscall.Signal) {
+	const size, gate = 48 << 20, 20 << 20
+	o := newOrigin(t, size, gate)
+	dataDir, root := t.TempDir(), t.TempDir()
+	tuning := []string{"--checkpoint-interval", "50ms", "--ack-wait", "2s", "--reconcile-interval", "1s"}
+	s := startStack(t, dataDir, root, o.caFile, tuning...)
+	dest := filepath.Join(root, "big.bin")
+
+	// A settled job, to compare before and after the restart.
+	out, code := ferry(t, dataDir, "job", "create", "--name", "settled", o.url(), filepath.Join(root, "other.bin"))
+	if code != 0 {
+		t.Fatal("create failed")
+	}
+	settled := strings.TrimSpace(out)
+	if _, code := ferry(t, dataDir, "job", "cancel", settled); code != 0 {
+		t.Fatal("cancel failed")
+	}
+
+	out, code = ferry(t, dataDir, "job", "create", "--name", "restart", "--resume", o.url(), dest)
+	if code != 0 {
+		t.Fatalf("create exited %d", code)
+	}
+	id := strings.TrimSpace(out)
+
+	select {
+	case <-o.reached:
+	case <-time.After(60 * time.Second):
+		t.Fatal("the origin never sent the first part")
+	}
+	// Wait for a checkpoint that covers bytes staged durably.
+	waitFor(t, 30*time.Second, "a progress checkpoint", func() bool {
+		j := showJob(t, dataDir, id)
+		return j.State == job.Transferring && j.Files[0].BytesTransferred > 0
+	})
+	before := showJob(t, dataDir, settled)
+	s.stop(sig)
+	if sig == syscall.SIGTERM && s.cmd.ProcessState.ExitCode() != 0 {
+		t.Fatalf("ferry dev exited %d after SIGTERM", s.cmd.ProcessState.ExitCode())
+	}
+	close(o.release)
+
+	s2 := startStack(t, dataDir, root, o.caFile, tuning...)
+	if diff := cmp.Diff(before, showJob(t, dataDir, settled)); diff != "" {
+		t.Fatalf("a settled job changed across the restart:\n%s", diff)
+	}
+	var j job.Job
+	waitFor(t, 90*time.Second, "the job to be transferred after the restart", func() bool {
+		j = showJob(t, dataDir, id)
+		return j.State == job.Transferred || j.State == job.Errored
+	})
+	if j.State != job.Transferred {
+		t.Fatalf("job after restart: %s %+v", j.State, j.Error)
+	}
+	if j.Attempt < 2 {
+		t.Fatalf("attempt %d: the job should have been leased again after the restart", j.Attempt)
+	}
+	resumed := false
+	for _, r := range o.rangesSeen()[1:] {
+		if strings.HasPrefix(r, "bytes=") && r != "bytes=0-" {
+			resumed = true
+		}
+	}
+	if !resumed {
+		t.Fatalf("no resumed Range request after the restart; requests had Range %q", o.rangesSeen())
+	}
+	if _, code := ferry(t, dataDir, "job", "complete", id); code != 0 {
+		t.Fatal("complete failed")
+	}
+	waitFor(t, 30*time.Second, "ACKNOWLEDGED", func() bool {
+		j = showJob(t, dataDir, id)
+		return j.State == job.Acknowledged
+	})
+	if got := fileSum(t, dest); got != o.sum {
+		t.Fatalf("sha256 %s, want %s", got, o.sum)
+	}
+	assertReplayEqualsReadModel(t, s2.info.NATSURL, id, j)
+}
+
+// assertReplayEqualsReadModel replays the job's events straight from
+// JetStream and compares the result with what the API served.
+func assertReplayEqualsReadModel(t *testing.T, natsURL, id string, served job.Job) {
+	t.Helper()
+	nc, err := nats.Connect(natsURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	store, err := events.NewJetStreamStore(ctx, js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	evs, err := store.Load(ctx, events.JobSubject(id), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	replayed, err := job.Replay(evs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(replayed, served); diff != "" {
+		t.Fatalf("read model differs from a fresh replay (-replay +served):\n%s", diff)
+	}
+}
+
+// TestTransferWithoutStack: with no `ferry dev` running, `ferry transfer`
+// starts an embedded stack in its own process for the one transfer, and the
+// job's history stays in the data directory.
+func TestTransferWithoutStack(t *testing.T) {
+	o := newOrigin(t, 3<<20, 0)
+	dataDir, dir := t.TempDir(), t.TempDir()
+	dest := filepath.Join(dir, "sub", "f.bin")
+	cmd := exec.Command(ferryBin, "transfer", o.url(), dest)
+	// The embedded agent trusts the origin's CA through the system pool.
+	cmd.Env = append(os.Environ(), "FERRY_DATA_DIR="+dataDir, "SSL_CERT_FILE="+o.caFile)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("transfer: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), o.sum+"  "+dest) {
+		t.Fatalf("transfer output lacks the file's sha256:\n%s", out)
+	}
+	if got := fileSum(t, dest); got != o.sum {
+		t.Fatalf("sha256 %s, want %s", got, o.sum)
+	}
+	if _, err := os.Stat(filepath.Join(dataDir, services.DevInfoFile)); !os.IsNotExist(err) {
+		t.Fatalf("the embedded stack left %s behind (%v)", services.DevInfoFile, err)
+	}
+}

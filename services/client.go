@@ -1,0 +1,248 @@
+package services
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/ferry-dev/ferry/coordinator"
+	"github.com/ferry-dev/ferry/events"
+	"github.com/ferry-dev/ferry/job"
+)
+
+// Client talks to a coordinator's HTTP API.
+type Client struct {
+	BaseURL string
+	HTTP    *http.Client
+	// Source says where BaseURL came from, for error messages.
+	Source string
+}
+
+// APIError is a problem document returned by the coordinator.
+type APIError struct{ coordinator.Problem }
+
+func (e *APIError) Error() string {
+	return fmt.Sprintf("%s (%s): %s", e.Code, e.HResult, e.Detail)
+}
+
+// ErrNoCoordinator means no coordinator address was configured or found.
+var ErrNoCoordinator = errors.New("no coordinator found")
+
+// Discover finds the coordinator: addr if given (flag or FERRY_ADDR), else
+// the dev stack recorded in dataDir's dev.json.
+func Discover(addr, dataDir string) (*Client, error) {
+	source := "--addr"
+	if addr == "" {
+		addr, source = os.Getenv("FERRY_ADDR"), "FERRY_ADDR"
+	}
+	if addr == "" {
+		if dataDir == "" {
+			dataDir = DefaultDataDir()
+		}
+		info, err := ReadDevInfo(dataDir)
+		if err != nil {
+			return nil, fmt.Errorf("%w: no --addr or FERRY_ADDR, and no running `ferry dev` recorded in %s", ErrNoCoordinator, dataDir)
+		}
+		addr, source = info.CoordinatorURL, "the `ferry dev` recorded in "+filepath.Join(dataDir, DevInfoFile)
+	}
+	if !strings.Contains(addr, "://") {
+		addr = "http://" + addr
+	}
+	return &Client{BaseURL: strings.TrimSuffix(addr, "/"), HTTP: &http.Client{}, Source: source}, nil
+}
+
+// Ping checks that the coordinator answers.
+func (c *Client) Ping(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	return c.do(ctx, http.MethodGet, "/healthz", nil, nil)
+}
+
+func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.BaseURL+path, body)
+	if err != nil {
+		return err
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	req.Header.Set("Accept", "application/json")
+	resp, err := c.HTTP.Do(req)
+	if err != nil {
+		if ctx.Err() == nil {
+			return fmt.Errorf("no coordinator answers at %s (from %s): is it running? (%w)", c.BaseURL, c.Source, err)
+		}
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode >= 300 {
+		return decodeProblem(resp)
+	}
+	if out == nil {
+		_, _ = io.Copy(io.Discard, resp.Body)
+		return nil
+	}
+	return json.NewDecoder(resp.Body).Decode(out)
+}
+
+func decodeProblem(resp *http.Response) error {
+	var p coordinator.Problem
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err := json.Unmarshal(b, &p); err != nil || p.Code == "" {
+		return fmt.Errorf("coordinator answered %s: %s", resp.Status, strings.TrimSpace(string(b)))
+	}
+	return &APIError{p}
+}
+
+// Create makes a job.
+func (c *Client) Create(ctx context.Context, req coordinator.CreateRequest) (job.Job, error) {
+	var j job.Job
+	return j, c.do(ctx, http.MethodPost, "/v1/jobs", req, &j)
+}
+
+// Get returns a job.
+func (c *Client) Get(ctx context.Context, id string) (job.Job, error) {
+	var j job.Job
+	return j, c.do(ctx, http.MethodGet, "/v1/jobs/"+url.PathEscape(id), nil, &j)
+}
+
+// List returns jobs; all includes ACKNOWLEDGED and CANCELLED ones.
+func (c *Client) List(ctx context.Context, all bool, states string) ([]job.Job, error) {
+	q := url.Values{}
+	if all {
+		q.Set("all", "true")
+	}
+	if states != "" {
+		q.Set("state", states)
+	}
+	var r coordinator.ListResponse
+	path := "/v1/jobs"
+	if len(q) > 0 {
+		path += "?" + q.Encode()
+	}
+	return r.Jobs, c.do(ctx, http.MethodGet, path, nil, &r)
+}
+
+// Action runs resume, suspend, cancel or complete.
+func (c *Client) Action(ctx context.Context, id, action string) (coordinator.ActionResponse, error) {
+	var r coordinator.ActionResponse
+	return r, c.do(ctx, http.MethodPost, "/v1/jobs/"+url.PathEscape(id)+"/"+action, nil, &r)
+}
+
+// AddFiles appends files to a job.
+func (c *Client) AddFiles(ctx context.Context, id string, files []events.FileSpec) (coordinator.ActionResponse, error) {
+	var r coordinator.ActionResponse
+	return r, c.do(ctx, http.MethodPost, "/v1/jobs/"+url.PathEscape(id)+"/files", coordinator.AddFilesRequest{Files: files}, &r)
+}
+
+// Patch sets job properties.
+func (c *Client) Patch(ctx context.Context, id string, req coordinator.PatchRequest) (coordinator.ActionResponse, error) {
+	var r coordinator.ActionResponse
+	return r, c.do(ctx, http.MethodPatch, "/v1/jobs/"+url.PathEscape(id), req, &r)
+}
+
+// Events streams a job's events after sequence after, reconnecting with
+// Last-Event-ID when the connection drops, until fn returns an error (which
+// Events returns; ErrStop ends it cleanly) or ctx ends.
+func (c *Client) Events(ctx context.Context, id string, after uint64, fn func(events.Event) error) error {
+	backoff := 100 * time.Millisecond
+	for {
+		err := c.streamOnce(ctx, id, &after, fn)
+		if errors.Is(err, ErrStop) {
+			return nil
+		}
+		var apiErr *APIError
+		if ctx.Err() != nil || errors.As(err, &apiErr) || (err != nil && !isTransport(err)) {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 5*time.Second)
+	}
+}
+
+// ErrStop, returned by an Events callback, ends the stream without error.
+var ErrStop = errors.New("stop")
+
+type transportError struct{ error }
+
+func (e transportError) Unwrap() error { return e.error }
+
+func isTransport(err error) bool {
+	var t transportError
+	return err == nil || errors.As(err, &t)
+}
+
+func (c *Client) streamOnce(ctx context.Context, id string, after *uint64, fn func(events.Event) error) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.BaseURL+"/v1/jobs/"+url.PathEscape(id)+"/events", nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Accept", "text/event-stream")
+	if *after > 0 {
+		req.Header.Set("Last-Event-ID", strconv.FormatUint(*after, 10))
+	}
+	resp, err := c.HTTP.Do(req)
+	if err != nil {
+		return transportError{err}
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return decodeProblem(resp)
+	}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 4<<20)
+	var seq uint64
+	var data []byte
+	for sc.Scan() {
+		line := sc.Bytes()
+		switch {
+		case len(line) == 0:
+			if data != nil {
+				ev, err := events.Unmarshal(data)
+				if err != nil {
+					return err
+				}
+				ev.Seq = seq
+				if err := fn(ev); err != nil {
+					return err
+				}
+				*after = seq
+			}
+			data = nil
+		case bytes.HasPrefix(line, []byte("id: ")):
+			seq, _ = strconv.ParseUint(string(line[4:]), 10, 64)
+		case bytes.HasPrefix(line, []byte("data: ")):
+			data = append(data[:0:0], line[6:]...)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return transportError{err}
+	}
+	return transportError{io.ErrUnexpectedEOF}
+}
