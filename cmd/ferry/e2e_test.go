@@ -8,20 +8,14 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	"io"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -29,6 +23,7 @@ import (
 	"github.com/ferry-dev/ferry/events"
 	"github.com/ferry-dev/ferry/job"
 	"github.com/ferry-dev/ferry/services"
+	"github.com/ferry-dev/ferry/services/servicestest"
 	"github.com/google/go-cmp/cmp"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -51,100 +46,6 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
-}
-
-// origin is an HTTPS server with a throwaway CA serving one generated file
-// with Range support. If gateAt > 0, the first request stops after gateAt
-// bytes until release is closed.
-type origin struct {
-	srv     *httptest.Server
-	caFile  string
-	size    int64
-	sum     string
-	gateAt  int64
-	reached chan struct{} // closed once the gated request sent gateAt bytes
-	release chan struct{}
-
-	mu     sync.Mutex
-	ranges []string
-	reqs   atomic.Int32
-}
-
-func newOrigin(t *testing.T, size, gateAt int64) *origin {
-	o := &origin{size: size, gateAt: gateAt, reached: make(chan struct{}), release: make(chan struct{})}
-	h := sha256.New()
-	if _, err := io.Copy(h, services.NewPattern(size)); err != nil {
-		t.Fatal(err)
-	}
-	o.sum = hex.EncodeToString(h.Sum(nil))
-	o.srv = httptest.NewUnstartedServer(http.HandlerFunc(o.serve))
-	o.srv.EnableHTTP2 = false
-	o.srv.StartTLS()
-	t.Cleanup(func() {
-		select {
-		case <-o.release:
-		default:
-			close(o.release)
-		}
-		o.srv.CloseClientConnections()
-		o.srv.Close()
-	})
-	ca := o.srv.Certificate()
-	o.caFile = filepath.Join(t.TempDir(), "origin-ca.pem")
-	if err := os.WriteFile(o.caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.Raw}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return o
-}
-
-func (o *origin) url() string { return o.srv.URL + "/big.bin" }
-
-func (o *origin) serve(w http.ResponseWriter, r *http.Request) {
-	n := o.reqs.Add(1)
-	o.mu.Lock()
-	o.ranges = append(o.ranges, r.Header.Get("Range"))
-	o.mu.Unlock()
-	w.Header().Set("ETag", `"big-v1"`)
-	var body io.ReadSeeker = services.NewPattern(o.size)
-	if n == 1 && o.gateAt > 0 {
-		body = &gated{ReadSeeker: body, at: o.gateAt, o: o}
-	}
-	http.ServeContent(w, r, "big.bin", time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), body)
-}
-
-func (o *origin) rangesSeen() []string {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return append([]string(nil), o.ranges...)
-}
-
-// gated serves bytes up to at, then signals and blocks until release.
-type gated struct {
-	io.ReadSeeker
-	pos  int64
-	at   int64
-	o    *origin
-	once sync.Once
-}
-
-func (g *gated) Seek(off int64, whence int) (int64, error) {
-	p, err := g.ReadSeeker.Seek(off, whence)
-	g.pos = p
-	return p, err
-}
-
-func (g *gated) Read(b []byte) (int, error) {
-	if g.pos >= g.at {
-		g.once.Do(func() { close(g.o.reached) })
-		<-g.o.release
-		return 0, io.ErrUnexpectedEOF
-	}
-	if rem := g.at - g.pos; int64(len(b)) > rem {
-		b = b[:rem]
-	}
-	n, err := g.ReadSeeker.Read(b)
-	g.pos += int64(n)
-	return n, err
 }
 
 // stack is a `ferry dev` process.
@@ -242,20 +143,6 @@ func waitFor(t *testing.T, limit time.Duration, what string, cond func() bool) {
 	}
 }
 
-func fileSum(t *testing.T, p string) string {
-	t.Helper()
-	f, err := os.Open(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		t.Fatal(err)
-	}
-	return hex.EncodeToString(h.Sum(nil))
-}
-
 func showJob(t *testing.T, dataDir, id string) job.Job {
 	t.Helper()
 	out, code := ferry(t, dataDir, "job", "show", id, "-o", "json")
@@ -272,17 +159,19 @@ func showJob(t *testing.T, dataDir, id string) job.Job {
 // TestTransferEndToEnd: `ferry dev` + `ferry transfer` of a 64 MiB file over
 // HTTPS; the file is exact and the job's events tell its life in order.
 func TestTransferEndToEnd(t *testing.T) {
-	o := newOrigin(t, 64<<20, 0)
+	const size = 64 << 20
+	o := servicestest.NewOrigin(t)
 	dataDir, root := t.TempDir(), t.TempDir()
-	s := startStack(t, dataDir, root, o.caFile)
+	s := startStack(t, dataDir, root, o.CAFile)
 	dest := filepath.Join(root, "downloads", "big.bin")
 
-	out, code := ferry(t, dataDir, "transfer", o.url(), dest, "-o", "json")
+	out, code := ferry(t, dataDir, "transfer", o.URL(size), dest, "-o", "json")
 	if code != 0 {
 		t.Fatalf("transfer exited %d\n%s", code, out)
 	}
-	if got := fileSum(t, dest); got != o.sum {
-		t.Fatalf("sha256 %s, want %s", got, o.sum)
+	sum := servicestest.Sum(size)
+	if got := servicestest.FileSum(t, dest); got != sum {
+		t.Fatalf("sha256 %s, want %s", got, sum)
 	}
 	// The NDJSON stream of the transfer is the job's history.
 	var lines []services.WatchLine
@@ -310,7 +199,7 @@ func TestTransferEndToEnd(t *testing.T) {
 		t.Fatalf("event order (-want +got):\n%s", diff)
 	}
 	j := showJob(t, dataDir, id)
-	if j.State != job.Acknowledged || !j.Files[0].Completed || j.Files[0].SHA256 != o.sum {
+	if j.State != job.Acknowledged || !j.Files[0].Completed || j.Files[0].SHA256 != sum {
 		t.Fatalf("job after transfer: %+v", j)
 	}
 	// No temporary files are left next to the destination.
@@ -347,14 +236,15 @@ func TestKillMidTransferAndRestart(t *testing.T) {
 
 func killAndRestart(t *testing.T, sig syscall.Signal) {
 	const size, gate = 48 << 20, 20 << 20
-	o := newOrigin(t, size, gate)
+	o := servicestest.NewOrigin(t)
+	g := o.GateNext(size, gate)
 	dataDir, root := t.TempDir(), t.TempDir()
 	tuning := []string{"--checkpoint-interval", "50ms", "--ack-wait", "2s", "--reconcile-interval", "1s"}
-	s := startStack(t, dataDir, root, o.caFile, tuning...)
+	s := startStack(t, dataDir, root, o.CAFile, tuning...)
 	dest := filepath.Join(root, "big.bin")
 
 	// A settled job, to compare before and after the restart.
-	out, code := ferry(t, dataDir, "job", "create", "--name", "settled", o.url(), filepath.Join(root, "other.bin"))
+	out, code := ferry(t, dataDir, "job", "create", "--name", "settled", o.URL(size), filepath.Join(root, "other.bin"))
 	if code != 0 {
 		t.Fatal("create failed")
 	}
@@ -363,14 +253,14 @@ func killAndRestart(t *testing.T, sig syscall.Signal) {
 		t.Fatal("cancel failed")
 	}
 
-	out, code = ferry(t, dataDir, "job", "create", "--name", "restart", "--resume", o.url(), dest)
+	out, code = ferry(t, dataDir, "job", "create", "--name", "restart", "--resume", o.URL(size), dest)
 	if code != 0 {
 		t.Fatalf("create exited %d", code)
 	}
 	id := strings.TrimSpace(out)
 
 	select {
-	case <-o.reached:
+	case <-g.Reached:
 	case <-time.After(60 * time.Second):
 		t.Fatal("the origin never sent the first part")
 	}
@@ -384,9 +274,9 @@ func killAndRestart(t *testing.T, sig syscall.Signal) {
 	if sig == syscall.SIGTERM && s.cmd.ProcessState.ExitCode() != 0 {
 		t.Fatalf("ferry dev exited %d after SIGTERM", s.cmd.ProcessState.ExitCode())
 	}
-	close(o.release)
+	g.Open()
 
-	s2 := startStack(t, dataDir, root, o.caFile, tuning...)
+	s2 := startStack(t, dataDir, root, o.CAFile, tuning...)
 	if diff := cmp.Diff(before, showJob(t, dataDir, settled)); diff != "" {
 		t.Fatalf("a settled job changed across the restart:\n%s", diff)
 	}
@@ -402,13 +292,13 @@ func killAndRestart(t *testing.T, sig syscall.Signal) {
 		t.Fatalf("attempt %d: the job should have been leased again after the restart", j.Attempt)
 	}
 	resumed := false
-	for _, r := range o.rangesSeen()[1:] {
+	for _, r := range o.Ranges()[1:] {
 		if strings.HasPrefix(r, "bytes=") && r != "bytes=0-" {
 			resumed = true
 		}
 	}
 	if !resumed {
-		t.Fatalf("no resumed Range request after the restart; requests had Range %q", o.rangesSeen())
+		t.Fatalf("no resumed Range request after the restart; requests had Range %q", o.Ranges())
 	}
 	if _, code := ferry(t, dataDir, "job", "complete", id); code != 0 {
 		t.Fatal("complete failed")
@@ -417,8 +307,8 @@ func killAndRestart(t *testing.T, sig syscall.Signal) {
 		j = showJob(t, dataDir, id)
 		return j.State == job.Acknowledged
 	})
-	if got := fileSum(t, dest); got != o.sum {
-		t.Fatalf("sha256 %s, want %s", got, o.sum)
+	if got := servicestest.FileSum(t, dest); got != servicestest.Sum(size) {
+		t.Fatal("file differs from the origin's")
 	}
 	assertReplayEqualsReadModel(t, s2.info.NATSURL, id, j)
 }
@@ -459,21 +349,23 @@ func assertReplayEqualsReadModel(t *testing.T, natsURL, id string, served job.Jo
 // starts an embedded stack in its own process for the one transfer, and the
 // job's history stays in the data directory.
 func TestTransferWithoutStack(t *testing.T) {
-	o := newOrigin(t, 3<<20, 0)
+	const size = 3 << 20
+	o := servicestest.NewOrigin(t)
 	dataDir, dir := t.TempDir(), t.TempDir()
 	dest := filepath.Join(dir, "sub", "f.bin")
-	cmd := exec.Command(ferryBin, "transfer", o.url(), dest)
+	cmd := exec.Command(ferryBin, "transfer", o.URL(size), dest)
 	// The embedded agent trusts the origin's CA through the system pool.
-	cmd.Env = append(os.Environ(), "FERRY_DATA_DIR="+dataDir, "SSL_CERT_FILE="+o.caFile)
+	cmd.Env = append(os.Environ(), "FERRY_DATA_DIR="+dataDir, "SSL_CERT_FILE="+o.CAFile)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("transfer: %v\n%s", err, out)
 	}
-	if !strings.Contains(string(out), o.sum+"  "+dest) {
+	sum := servicestest.Sum(size)
+	if !strings.Contains(string(out), sum+"  "+dest) {
 		t.Fatalf("transfer output lacks the file's sha256:\n%s", out)
 	}
-	if got := fileSum(t, dest); got != o.sum {
-		t.Fatalf("sha256 %s, want %s", got, o.sum)
+	if got := servicestest.FileSum(t, dest); got != sum {
+		t.Fatalf("sha256 %s, want %s", got, sum)
 	}
 	if _, err := os.Stat(filepath.Join(dataDir, services.DevInfoFile)); !os.IsNotExist(err) {
 		t.Fatalf("the embedded stack left %s behind (%v)", services.DevInfoFile, err)
