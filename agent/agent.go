@@ -87,6 +87,16 @@ type Agent struct {
 	repo   *jobstore.Repo
 	root   *os.Root
 	client *http.Client
+
+	mu      sync.Mutex
+	running map[string]*run // job ID -> its transfer on this host
+}
+
+// run is a transfer in progress, so that Complete and Cancel cleanup can stop
+// it before they touch its files.
+type run struct {
+	cancel context.CancelFunc
+	done   chan struct{}
 }
 
 // New validates cfg and opens the agent's root.
@@ -104,7 +114,8 @@ func New(cfg Config, log zerolog.Logger, js jetstream.JetStream, store events.St
 	return &Agent{
 		cfg: cfg, log: log.With().Str("component", "agent").Str("agent", cfg.ID).Logger(),
 		js: js, repo: &jobstore.Repo{Store: store}, root: root,
-		client: download.NewClient(cfg.Client),
+		client:  download.NewClient(cfg.Client),
+		running: map[string]*run{},
 	}, nil
 }
 
@@ -240,6 +251,8 @@ func (a *Agent) transfer(ctx context.Context, m jetstream.Msg) {
 	log := a.log.With().Str("job", cmd.JobID).Logger()
 	stop := a.heartbeat(m)
 	defer stop()
+	jobCtx, release := a.register(ctx, cmd.JobID)
+	defer release()
 
 	var j job.Job
 	if _, err := a.repo.Execute(ctx, cmd.JobID, job.Lease{Agent: a.cfg.ID, DispatchSeq: cmd.JobSeq}, a.meta(), nil); err != nil {
@@ -259,12 +272,13 @@ func (a *Agent) transfer(ctx context.Context, m jetstream.Msg) {
 	log.Info().Msg("job leased")
 
 	for idx := j.NextFile(); idx >= 0; idx = j.NextFile() {
-		err := a.transferFile(ctx, &j, idx, log)
+		err := a.transferFile(jobCtx, &j, idx, log)
 		var f *download.Failure
 		switch {
 		case err == nil:
 			continue
-		case lostLease(err):
+		case lostLease(err), ctx.Err() == nil && jobCtx.Err() != nil:
+			// Refused, or stopped for a Complete or Cancel on this host.
 			a.fenced(ctx, &j, log)
 			ack(m)
 			return
@@ -285,6 +299,42 @@ func (a *Agent) transfer(ctx context.Context, m jetstream.Msg) {
 	}
 	log.Info().Msg("job transferred")
 	ack(m)
+}
+
+// register records a transfer of job id; stopJob cancels it and waits.
+func (a *Agent) register(ctx context.Context, id string) (context.Context, func()) {
+	jobCtx, cancel := context.WithCancel(ctx)
+	r := &run{cancel: cancel, done: make(chan struct{})}
+	a.mu.Lock()
+	prev := a.running[id]
+	a.running[id] = r
+	a.mu.Unlock()
+	if prev != nil {
+		// A redelivery of a job this host still runs: the older run stops.
+		prev.cancel()
+		<-prev.done
+	}
+	return jobCtx, func() {
+		cancel()
+		a.mu.Lock()
+		if a.running[id] == r {
+			delete(a.running, id)
+		}
+		a.mu.Unlock()
+		close(r.done)
+	}
+}
+
+// stopJob stops this host's transfer of job id, if any, and waits until it
+// has let go of the job's files.
+func (a *Agent) stopJob(id string) {
+	a.mu.Lock()
+	r := a.running[id]
+	a.mu.Unlock()
+	if r != nil {
+		r.cancel()
+		<-r.done
+	}
 }
 
 // transferFile moves file idx of j, chaining every event on j.
@@ -397,6 +447,7 @@ func (a *Agent) complete(ctx context.Context, j *job.Job, log zerolog.Logger) er
 	if !j.PendingComplete || j.FilesAgent != a.cfg.ID {
 		return nil
 	}
+	a.stopJob(j.ID)
 	done := []int{}
 	for i, f := range j.Files {
 		rel, err := a.relPath(f.LocalName)
@@ -456,6 +507,7 @@ func (a *Agent) cleanup(ctx context.Context, j *job.Job, log zerolog.Logger) err
 	if j.State != job.Cancelled || !j.PendingCleanup || j.FilesAgent != a.cfg.ID {
 		return nil
 	}
+	a.stopJob(j.ID)
 	undeleted := a.discard(j, log)
 	log.Info().Int("undeleted", len(undeleted)).Msg("cancelled job's files deleted")
 	return a.exec(ctx, j, job.FilesDeleted{Agent: a.cfg.ID, Undeleted: undeleted})
