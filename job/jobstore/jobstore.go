@@ -77,6 +77,10 @@ type Result struct {
 // sees either success on the latest state or the refusal of that state.
 func (r *Repo) Execute(ctx context.Context, id string, c job.Command, m events.Meta, j *job.Job) (Result, error) {
 	var cur job.Job
+	// fresh: cur is known to include every event (just loaded). A refusal
+	// or a no-op decided on a view that may be stale is checked against the
+	// latest events before it is believed.
+	fresh := false
 	if j != nil && j.Exists() {
 		cur = j.Clone()
 	} else if _, create := c.(job.Create); !create {
@@ -84,6 +88,7 @@ func (r *Repo) Execute(ctx context.Context, id string, c job.Command, m events.M
 		if cur, err = r.Load(ctx, id); err != nil {
 			return Result{}, err
 		}
+		fresh = true
 	}
 	attempts := r.MaxAttempts
 	if attempts <= 0 {
@@ -94,6 +99,16 @@ func (r *Repo) Execute(ctx context.Context, id string, c job.Command, m events.M
 			m.Time = r.now()
 		}
 		ps, err := job.Decide(&cur, c, m.Time)
+		if (err != nil || len(ps) == 0) && !fresh {
+			before := cur.Version
+			if err := r.Refresh(ctx, &cur, id); err != nil {
+				return Result{}, err
+			}
+			fresh = true
+			if cur.Version != before {
+				continue
+			}
+		}
 		if err != nil {
 			r.sync(j, cur)
 			return Result{Job: cur}, err
@@ -123,6 +138,7 @@ func (r *Repo) Execute(ctx context.Context, id string, c job.Command, m events.M
 		if err := r.Refresh(ctx, &cur, id); err != nil {
 			return Result{}, err
 		}
+		fresh = true
 	}
 }
 
