@@ -57,7 +57,7 @@ func BenchmarkTransfer(b *testing.B) {
 			b.Fatal(err)
 		}
 		defer d.Close()
-		c, err := services.Discover(d.Info().CoordinatorURL, "")
+		c, err := services.Discover(services.ClientConfig{Addr: d.Info().CoordinatorURL, DataDir: d.Info().DataDir})
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ferry-dev/ferry/certvault/identity"
 	"github.com/ferry-dev/ferry/events"
 	"github.com/ferry-dev/ferry/job"
 	"github.com/google/uuid"
@@ -66,20 +67,25 @@ func (s *Service) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/jobs/{id}/files", s.handle(s.addFiles))
 	mux.HandleFunc("POST /v1/jobs/{id}/{action}", s.handle(s.action))
 	mux.HandleFunc("GET /v1/jobs/{id}/events", s.handle(s.jobEvents))
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, 200, map[string]string{"status": "ok"}) })
-	mux.HandleFunc("/", s.handle(func(w http.ResponseWriter, r *http.Request, _ string) error {
+	mux.Handle("GET "+identity.SessionPath, s.cfg.Auth.SessionHandler())
+	mux.HandleFunc("/", s.handle(func(w http.ResponseWriter, r *http.Request, _ caller) error {
 		return &job.Error{Code: withStatus(job.ERROR_NOT_FOUND, http.StatusNotFound), Detail: fmt.Sprintf("no route for %s %s", r.Method, r.URL.Path)}
 	}))
-	return mux
+	// Health needs no identity (probes); everything else does. The session
+	// endpoint reports what it received even when it does not verify.
+	root := http.NewServeMux()
+	root.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, 200, map[string]string{"status": "ok"}) })
+	root.Handle("/", s.cfg.Auth.Middleware(mux, identity.SessionPath))
+	return root
 }
 
-type handlerFunc func(w http.ResponseWriter, r *http.Request, principal string) error
+type handlerFunc func(w http.ResponseWriter, r *http.Request, c caller) error
 
-// handle authenticates the caller, tags the request with a correlation ID and
+// handle checks the caller's role, tags the request with a correlation ID and
 // turns errors into problem documents.
 func (s *Service) handle(h handlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		principal, err := s.principal(r)
+		c, err := callerOf(r)
 		if err != nil {
 			writeProblem(w, r, s.log, err)
 			return
@@ -90,7 +96,7 @@ func (s *Service) handle(h handlerFunc) http.HandlerFunc {
 		}
 		w.Header().Set("X-Request-Id", corr)
 		r = r.WithContext(context.WithValue(r.Context(), correlationKey, corr))
-		if err := h(w, r, principal); err != nil {
+		if err := h(w, r, c); err != nil {
 			writeProblem(w, r, s.log, err)
 		}
 	}
@@ -104,7 +110,7 @@ func seconds(p *int64) *time.Duration {
 	return &d
 }
 
-func (s *Service) createJob(w http.ResponseWriter, r *http.Request, principal string) error {
+func (s *Service) createJob(w http.ResponseWriter, r *http.Request, c caller) error {
 	var req CreateRequest
 	if err := decodeBody(w, r, &req); err != nil {
 		return err
@@ -118,15 +124,15 @@ func (s *Service) createJob(w http.ResponseWriter, r *http.Request, principal st
 		return err
 	}
 	res, err := s.exec(r.Context(), id, job.Create{
-		JobID: id, DisplayName: req.DisplayName, Description: req.Description, Owner: principal,
+		JobID: id, DisplayName: req.DisplayName, Description: req.Description, Owner: c.Principal,
 		Priority: prio, Pool: req.Pool, Files: req.Files, Limits: s.cfg.Limits,
 		MinimumRetryDelay: seconds(req.MinimumRetryDelayS), NoProgressTimeout: seconds(req.NoProgressTimeoutS),
-	}, principal)
+	}, c.Principal, nil)
 	if err != nil {
 		return err
 	}
 	if req.Resume {
-		if res, err = s.exec(r.Context(), id, job.Resume{}, principal); err != nil {
+		if res, err = s.exec(r.Context(), id, job.Resume{}, c.Principal, &res.Job); err != nil {
 			// The job exists; say so alongside the refusal.
 			p := ProblemFor(err)
 			p.Instance, p.JobID = r.URL.Path, id
@@ -141,7 +147,7 @@ func (s *Service) createJob(w http.ResponseWriter, r *http.Request, principal st
 	return nil
 }
 
-func (s *Service) listJobs(w http.ResponseWriter, r *http.Request, principal string) error {
+func (s *Service) listJobs(w http.ResponseWriter, r *http.Request, c caller) error {
 	q := r.URL.Query()
 	var states map[job.State]bool
 	if v := q.Get("state"); v != "" {
@@ -157,6 +163,10 @@ func (s *Service) listJobs(w http.ResponseWriter, r *http.Request, principal str
 	all := q.Get("all") == "true"
 	jobs, err := s.readModel.List(r.Context(), func(j *job.Job) bool {
 		if states != nil && !states[j.State] {
+			return false
+		}
+		// Users see their own jobs, administrators everyone's.
+		if c.mayAccess(j) != nil {
 			return false
 		}
 		// ACKNOWLEDGED and CANCELLED jobs are no longer enumerated, as in
@@ -181,19 +191,21 @@ func validState(s job.State) bool {
 
 // load returns the job's current state: from the read model, or, when the
 // projection has not caught up, by replaying its events.
-func (s *Service) load(ctx context.Context, id string) (job.Job, error) {
+func (s *Service) load(ctx context.Context, id string, c caller) (job.Job, error) {
 	j, ok, err := s.readModel.Get(ctx, id)
 	if err != nil {
 		return job.Job{}, err
 	}
-	if ok {
-		return j, nil
+	if !ok {
+		if j, err = s.repo.Load(ctx, id); err != nil {
+			return job.Job{}, err
+		}
 	}
-	return s.repo.Load(ctx, id)
+	return j, c.mayAccess(&j)
 }
 
-func (s *Service) getJob(w http.ResponseWriter, r *http.Request, principal string) error {
-	j, err := s.load(r.Context(), r.PathValue("id"))
+func (s *Service) getJob(w http.ResponseWriter, r *http.Request, c caller) error {
+	j, err := s.load(r.Context(), r.PathValue("id"), c)
 	if err != nil {
 		return err
 	}
@@ -201,42 +213,42 @@ func (s *Service) getJob(w http.ResponseWriter, r *http.Request, principal strin
 	return nil
 }
 
-func (s *Service) patchJob(w http.ResponseWriter, r *http.Request, principal string) error {
+func (s *Service) patchJob(w http.ResponseWriter, r *http.Request, c caller) error {
 	var req PatchRequest
 	if err := decodeBody(w, r, &req); err != nil {
 		return err
 	}
-	c := job.Modify{DisplayName: req.DisplayName, Description: req.Description,
+	cmd := job.Modify{DisplayName: req.DisplayName, Description: req.Description,
 		MinimumRetryDelay: seconds(req.MinimumRetryDelayS), NoProgressTimeout: seconds(req.NoProgressTimeoutS)}
 	if req.Priority != nil {
 		p, err := job.ParsePriority(*req.Priority)
 		if err != nil {
 			return err
 		}
-		c.Priority = &p
+		cmd.Priority = &p
 	}
-	return s.respond(w, r, job.Modify(c), principal)
+	return s.respond(w, r, cmd, c)
 }
 
-func (s *Service) addFiles(w http.ResponseWriter, r *http.Request, principal string) error {
+func (s *Service) addFiles(w http.ResponseWriter, r *http.Request, c caller) error {
 	var req AddFilesRequest
 	if err := decodeBody(w, r, &req); err != nil {
 		return err
 	}
-	return s.respond(w, r, job.AddFiles{Files: req.Files, Limits: s.cfg.Limits}, principal)
+	return s.respond(w, r, job.AddFiles{Files: req.Files, Limits: s.cfg.Limits}, c)
 }
 
-func (s *Service) action(w http.ResponseWriter, r *http.Request, principal string) error {
-	var c job.Command
+func (s *Service) action(w http.ResponseWriter, r *http.Request, c caller) error {
+	var cmd job.Command
 	switch a := r.PathValue("action"); a {
 	case "resume":
-		c = job.Resume{}
+		cmd = job.Resume{}
 	case "suspend":
-		c = job.Suspend{}
+		cmd = job.Suspend{}
 	case "cancel":
-		c = job.Cancel{}
+		cmd = job.Cancel{}
 	case "complete":
-		c = job.Complete{}
+		cmd = job.Complete{}
 	default:
 		return &job.Error{Code: withStatus(job.ERROR_NOT_FOUND, http.StatusNotFound), Detail: fmt.Sprintf("unknown job action %q", a)}
 	}
@@ -246,14 +258,20 @@ func (s *Service) action(w http.ResponseWriter, r *http.Request, principal strin
 			return err
 		}
 	}
-	return s.respond(w, r, c, principal)
+	return s.respond(w, r, cmd, c)
 }
 
 // respond runs a command on the job named in the path and answers with the
 // result code and the new state.
-func (s *Service) respond(w http.ResponseWriter, r *http.Request, c job.Command, principal string) error {
+func (s *Service) respond(w http.ResponseWriter, r *http.Request, cmd job.Command, c caller) error {
 	id := r.PathValue("id")
-	res, err := s.exec(r.Context(), id, c, principal)
+	j, err := s.load(r.Context(), id, c)
+	if err != nil {
+		return err
+	}
+	// The read model's view is a fine start: if it lags, the append
+	// conflicts and the job is caught up from its events.
+	res, err := s.exec(r.Context(), id, cmd, c.Principal, &j)
 	if err != nil {
 		return err
 	}
@@ -274,9 +292,9 @@ func (s *Service) respond(w http.ResponseWriter, r *http.Request, c job.Command,
 // after Last-Event-ID (or ?after=N), then new ones as they happen. Each event's
 // id is its stream sequence, so a client that reconnects with Last-Event-ID
 // misses nothing and sees nothing twice.
-func (s *Service) jobEvents(w http.ResponseWriter, r *http.Request, principal string) error {
+func (s *Service) jobEvents(w http.ResponseWriter, r *http.Request, c caller) error {
 	id := r.PathValue("id")
-	if _, err := s.load(r.Context(), id); err != nil {
+	if _, err := s.load(r.Context(), id, c); err != nil {
 		return err
 	}
 	var after uint64

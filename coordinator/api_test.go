@@ -3,8 +3,10 @@ package coordinator_test
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -12,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferry-dev/ferry/certvault/identity"
 	"github.com/ferry-dev/ferry/coordinator"
 	"github.com/ferry-dev/ferry/events"
 	"github.com/ferry-dev/ferry/events/eventstest"
@@ -22,8 +25,10 @@ import (
 )
 
 type env struct {
-	t     *testing.T
-	srv   *httptest.Server
+	t      *testing.T
+	srv    *httptest.Server
+	ca     *identity.CA
+	client *http.Client // alice, a user
 	svc   *coordinator.Service
 	store events.Store
 	js    jetstream.JetStream
@@ -40,18 +45,55 @@ func newEnv(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	svc, err := coordinator.New(ctx, coordinator.Config{Anonymous: "tester", ReconcileInterval: time.Hour}, zerolog.Nop(), js, store)
+	ca, err := identity.NewCA("ferry.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	auth := &identity.Authenticator{Roots: ca.Pool(), Roles: identity.RoleMap{TrustDomain: "ferry.test"}}
+	svc, err := coordinator.New(ctx, coordinator.Config{Auth: auth, ReconcileInterval: time.Hour}, zerolog.Nop(), js, store)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var wg sync.WaitGroup
 	wg.Go(func() { _ = svc.Run(ctx) })
-	srv := httptest.NewServer(svc.Handler())
+	srv := httptest.NewUnstartedServer(svc.Handler())
+	srv.TLS = identity.ServerTLSConfig(issue(t, ca, identity.RoleService, "coordinator", "127.0.0.1"), ca.Pool())
+	srv.StartTLS()
 	t.Cleanup(func() { srv.Close(); cancel(); wg.Wait() })
-	return &env{t: t, srv: srv, svc: svc, store: store, js: js}
+	e := &env{t: t, srv: srv, svc: svc, store: store, js: js, ca: ca}
+	e.client = e.as(identity.RoleUser, "alice")
+	return e
+}
+
+func issue(t *testing.T, ca *identity.CA, role identity.Role, name string, ips ...string) tls.Certificate {
+	t.Helper()
+	req := identity.IssueRequest{Role: role, Name: name}
+	for _, ip := range ips {
+		req.IPs = append(req.IPs, net.ParseIP(ip))
+	}
+	certPEM, keyPEM, err := ca.Issue(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cert
+}
+
+// as returns an HTTPS client presenting a certificate for role/name.
+func (e *env) as(role identity.Role, name string) *http.Client {
+	cfg := identity.ClientTLSConfig(issue(e.t, e.ca, role, name), e.ca.Pool())
+	return &http.Client{Transport: &http.Transport{TLSClientConfig: cfg}}
 }
 
 func (e *env) do(method, path, body string) (int, map[string]any, http.Header) {
+	e.t.Helper()
+	return e.doAs(e.client, method, path, body)
+}
+
+func (e *env) doAs(c *http.Client, method, path, body string) (int, map[string]any, http.Header) {
 	e.t.Helper()
 	var r io.Reader
 	if body != "" {
@@ -61,7 +103,7 @@ func (e *env) do(method, path, body string) (int, map[string]any, http.Header) {
 	if body != "" {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := c.Do(req)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -176,7 +218,7 @@ func TestJobLifecycleAndDispatch(t *testing.T) {
 	e := newEnv(t)
 	id := e.create(`{"display_name":"d","priority":"high","files":[` + goodFile + `]}`)
 	status, m, _ := e.do("GET", "/v1/jobs/"+id, "")
-	if status != 200 || m["state"] != "SUSPENDED" || m["priority"] != "HIGH" || m["owner"] != "tester" {
+	if status != 200 || m["state"] != "SUSPENDED" || m["priority"] != "HIGH" || m["owner"] != "spiffe://ferry.test/user/alice" {
 		t.Fatalf("new job: %d %v", status, m)
 	}
 	status, m, _ = e.do("POST", "/v1/jobs/"+id+"/resume", "")
@@ -250,7 +292,7 @@ func TestEventStreamResumes(t *testing.T) {
 		if lastID != "" {
 			req.Header.Set("Last-Event-ID", lastID)
 		}
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := e.client.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -291,5 +333,77 @@ func TestEventStreamResumes(t *testing.T) {
 	}
 	if status, m, _ := e.do("GET", "/v1/jobs/"+id+"/events?after=x", ""); status != 400 || m["code"] != "E_INVALIDARG" {
 		t.Fatalf("bad after: %d %v", status, m)
+	}
+}
+
+// TestOwnershipAndIdentity: every call needs a verified certificate; a job
+// is visible and changeable only by its owner and administrators.
+func TestOwnershipAndIdentity(t *testing.T) {
+	e := newEnv(t)
+	id := e.create(`{"display_name":"alice's","files":[` + goodFile + `]}`)
+	bob := e.as(identity.RoleUser, "bob")
+	admin := e.as(identity.RoleAdmin, "root")
+	for _, tc := range []struct{ method, path, body string }{
+		{"GET", "/v1/jobs/" + id, ""},
+		{"POST", "/v1/jobs/" + id + "/cancel", ""},
+		{"PATCH", "/v1/jobs/" + id, `{"priority":"LOW"}`},
+		{"POST", "/v1/jobs/" + id + "/files", `{"files":[` + goodFile + `]}`},
+		{"GET", "/v1/jobs/" + id + "/events", ""},
+	} {
+		n := e.eventCount(id)
+		status, m, _ := e.doAs(bob, tc.method, tc.path, tc.body)
+		if status != 403 || m["code"] != "E_ACCESSDENIED" || m["hresult"] != "0x80070005" {
+			t.Fatalf("bob %s %s: %d %v", tc.method, tc.path, status, m)
+		}
+		if e.eventCount(id) != n {
+			t.Fatalf("bob's refused %s changed the job", tc.path)
+		}
+	}
+	last, _ := e.store.LastSeq(context.Background(), events.JobSubject(id))
+	wctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := e.svc.Projector().WaitFor(wctx, last); err != nil {
+		t.Fatal(err)
+	}
+	if _, m, _ := e.doAs(bob, "GET", "/v1/jobs", ""); len(m["jobs"].([]any)) != 0 {
+		t.Fatalf("bob lists alice's job: %v", m)
+	}
+	if _, m, _ := e.doAs(admin, "GET", "/v1/jobs", ""); len(m["jobs"].([]any)) != 1 {
+		t.Fatalf("admin does not list alice's job: %v", m)
+	}
+	if status, m, _ := e.doAs(admin, "POST", "/v1/jobs/"+id+"/suspend", ""); status != 200 {
+		t.Fatalf("admin suspend: %d %v", status, m)
+	}
+
+	// No certificate: 401 everywhere, but the session endpoint says 404
+	// ERROR_NOT_FOUND (nothing was received).
+	anon := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: e.ca.Pool()}}}
+	if status, m, _ := e.doAs(anon, "GET", "/v1/jobs", ""); status != 401 || m["code"] != "E_UNAUTHENTICATED" {
+		t.Fatalf("anonymous list: %d %v", status, m)
+	}
+	if status, m, _ := e.doAs(anon, "GET", identity.SessionPath, ""); status != 404 || m["code"] != "ERROR_NOT_FOUND" || m["hresult"] != "0x80070490" {
+		t.Fatalf("anonymous whoami: %d %v", status, m)
+	}
+	// A certificate from another CA is reported, not trusted.
+	other, err := identity.NewCA("ferry.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mallory := &http.Client{Transport: &http.Transport{TLSClientConfig: identity.ClientTLSConfig(issue(t, other, identity.RoleAdmin, "mallory"), e.ca.Pool())}}
+	if status, m, _ := e.doAs(mallory, "GET", "/v1/jobs/"+id, ""); status != 401 {
+		t.Fatalf("foreign CA: %d %v", status, m)
+	}
+	status, m, _ := e.doAs(mallory, "GET", identity.SessionPath, "")
+	if status != 200 || m["verified"] != false || m["principal"] != "" {
+		t.Fatalf("foreign CA whoami: %d %v", status, m)
+	}
+	// Agents and services have no business on the job API.
+	agent := e.as(identity.RoleAgent, "a1")
+	if status, m, _ := e.doAs(agent, "POST", "/v1/jobs", `{}`); status != 403 || m["code"] != "E_ACCESSDENIED" {
+		t.Fatalf("agent creating a job: %d %v", status, m)
+	}
+	status, m, _ = e.do("GET", identity.SessionPath, "")
+	if status != 200 || m["principal"] != "spiffe://ferry.test/user/alice" || m["role"] != "user" {
+		t.Fatalf("alice whoami: %d %v", status, m)
 	}
 }

@@ -10,12 +10,12 @@ package coordinator
 
 import (
 	"context"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"net/http"
 	"time"
 
+	"github.com/ferry-dev/ferry/certvault/identity"
 	"github.com/ferry-dev/ferry/events"
 	"github.com/ferry-dev/ferry/job"
 	"github.com/ferry-dev/ferry/job/dispatch"
@@ -32,9 +32,9 @@ type Config struct {
 	// ReconcileInterval is how often every job is checked for a lost
 	// dispatch or a due retry (default 15 s).
 	ReconcileInterval time.Duration
-	// Anonymous is the principal of callers without a verified client
-	// certificate (loopback development only); empty refuses them.
-	Anonymous string
+	// Auth identifies callers by their verified client certificates. It is
+	// required: every API call needs a verified identity.
+	Auth *identity.Authenticator
 }
 
 // Service is the coordinator.
@@ -54,6 +54,9 @@ type Service struct {
 func New(ctx context.Context, cfg Config, log zerolog.Logger, js jetstream.JetStream, store events.Store) (*Service, error) {
 	if cfg.ReconcileInterval <= 0 {
 		cfg.ReconcileInterval = 15 * time.Second
+	}
+	if cfg.Auth == nil {
+		return nil, errors.New("coordinator: an authenticator is required")
 	}
 	kv, err := EnsureJobsBucket(ctx, js, 1)
 	if err != nil {
@@ -105,10 +108,11 @@ func (s *Service) onApply(j *job.Job, ev *events.Event) {
 
 // --- commands ---------------------------------------------------------------
 
-// exec runs a command as principal and publishes what it implies.
-func (s *Service) exec(ctx context.Context, id string, c job.Command, principal string) (jobstore.Result, error) {
+// exec runs a command as principal and publishes what it implies. view, if
+// not nil, is a recent state of the job to decide on first.
+func (s *Service) exec(ctx context.Context, id string, c job.Command, principal string, view *job.Job) (jobstore.Result, error) {
 	m := events.Meta{Actor: principal, CorrelationID: correlationID(ctx)}
-	res, err := s.repo.Execute(ctx, id, c, m, nil)
+	res, err := s.repo.Execute(ctx, id, c, m, view)
 	if err != nil {
 		return res, err
 	}
@@ -229,22 +233,32 @@ func newJobID() (string, error) {
 	return id.String(), nil
 }
 
-// Principal names the caller of a request: the single URI SAN of its
-// verified client certificate, else its subject DN, else the configured
-// anonymous principal (empty: refused).
-func (s *Service) principal(r *http.Request) (string, error) {
-	if r.TLS != nil && len(r.TLS.VerifiedChains) > 0 && len(r.TLS.VerifiedChains[0]) > 0 {
-		return principalOf(r.TLS.VerifiedChains[0][0]), nil
-	}
-	if s.cfg.Anonymous != "" {
-		return s.cfg.Anonymous, nil
-	}
-	return "", &job.Error{Code: job.E_UNAUTHENTICATED, Detail: "a verified client certificate is required"}
+// caller is who makes a request, from the verified client certificate.
+type caller struct {
+	Principal string
+	Role      identity.Role
 }
 
-func principalOf(c *x509.Certificate) string {
-	if len(c.URIs) == 1 {
-		return c.URIs[0].String()
+func (c caller) admin() bool { return c.Role == identity.RoleAdmin }
+
+// callerOf returns the authenticated caller put in the context by the
+// identity middleware.
+func callerOf(r *http.Request) (caller, error) {
+	s, ok := identity.SessionFrom(r.Context())
+	if !ok {
+		return caller{}, &job.Error{Code: job.E_UNAUTHENTICATED, Detail: "a verified client certificate is required"}
 	}
-	return "x509:" + c.Subject.String()
+	if err := s.RequireRole(identity.RoleUser, identity.RoleAdmin); err != nil {
+		return caller{}, err
+	}
+	return caller{Principal: s.Principal, Role: s.Role}, nil
+}
+
+// mayAccess enforces BITS's job ACL: only the owner or an administrator may
+// see or change a job.
+func (c caller) mayAccess(j *job.Job) error {
+	if c.admin() || j.Owner == c.Principal {
+		return nil
+	}
+	return job.Errorf(job.E_ACCESSDENIED, "job %s belongs to another principal", j.ID)
 }

@@ -14,6 +14,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/ferry-dev/ferry/certvault/identity"
 	"github.com/ferry-dev/ferry/coordinator"
 	"github.com/ferry-dev/ferry/events"
 	"github.com/ferry-dev/ferry/job"
@@ -408,4 +409,35 @@ func CommonRoot(files []events.FileSpec) string {
 		}
 	}
 	return filepath.FromSlash(root)
+}
+
+// PrintSession shows what a server received from this client.
+func (c *CLI) PrintSession(info identity.ClientCertInfo) {
+	if c.JSON {
+		c.writeJSON(info)
+		return
+	}
+	tw := tabwriter.NewWriter(c.Out, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "Principal\t%s\n", orDash(info.Principal))
+	fmt.Fprintf(tw, "Role\t%s\n", orDash(string(info.Role)))
+	fmt.Fprintf(tw, "Verified\t%t (%s)\n", info.Verified, strings.Join(info.Flags, ", "))
+	fmt.Fprintf(tw, "Subject\t%s\n", info.Subject)
+	fmt.Fprintf(tw, "Issuer\t%s\n", info.Issuer)
+	fmt.Fprintf(tw, "Valid\t%s to %s\n", info.NotBefore.Format(time.RFC3339), info.NotAfter.Format(time.RFC3339))
+	fmt.Fprintf(tw, "SHA-1\t%s\n", info.SHA1)
+	fmt.Fprintf(tw, "SHA-256\t%s\n", info.SHA256)
+	if info.DeniedByMapper {
+		fmt.Fprintf(tw, "Denied by mapper\ttrue\n")
+	}
+	if info.ChannelBinding != "" {
+		fmt.Fprintf(tw, "Channel binding\t%s\n", info.ChannelBinding)
+	}
+	tw.Flush()
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }

@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ferry-dev/ferry/certvault/identity"
 	"github.com/ferry-dev/ferry/coordinator"
 	"github.com/ferry-dev/ferry/events"
 	"github.com/ferry-dev/ferry/job"
@@ -39,27 +40,47 @@ func (e *APIError) Error() string {
 // ErrNoCoordinator means no coordinator address was configured or found.
 var ErrNoCoordinator = errors.New("no coordinator found")
 
-// Discover finds the coordinator: addr if given (flag or FERRY_ADDR), else
-// the dev stack recorded in dataDir's dev.json.
-func Discover(addr, dataDir string) (*Client, error) {
-	source := "--addr"
+// Discover finds the coordinator and the identity to present: the address
+// from cfg.Addr, FERRY_ADDR or the dev stack's dev.json; the credentials
+// from cfg or the data directory's credentials (see ClientConfig).
+func Discover(cfg ClientConfig) (*Client, error) {
+	if cfg.DataDir == "" {
+		cfg.DataDir = DefaultDataDir()
+	}
+	addr, source := cfg.Addr, "--addr"
 	if addr == "" {
 		addr, source = os.Getenv("FERRY_ADDR"), "FERRY_ADDR"
 	}
 	if addr == "" {
-		if dataDir == "" {
-			dataDir = DefaultDataDir()
-		}
-		info, err := ReadDevInfo(dataDir)
+		info, err := ReadDevInfo(cfg.DataDir)
 		if err != nil {
-			return nil, fmt.Errorf("%w: no --addr or FERRY_ADDR, and no running `ferry dev` recorded in %s", ErrNoCoordinator, dataDir)
+			return nil, fmt.Errorf("%w: no --addr or FERRY_ADDR, and no running `ferry dev` recorded in %s", ErrNoCoordinator, cfg.DataDir)
 		}
-		addr, source = info.CoordinatorURL, "the `ferry dev` recorded in "+filepath.Join(dataDir, DevInfoFile)
+		addr, source = info.CoordinatorURL, "the `ferry dev` recorded in "+filepath.Join(cfg.DataDir, DevInfoFile)
 	}
 	if !strings.Contains(addr, "://") {
-		addr = "http://" + addr
+		addr = "https://" + addr
 	}
-	return &Client{BaseURL: strings.TrimSuffix(addr, "/"), HTTP: &http.Client{}, Source: source}, nil
+	tlsCfg, err := cfg.tlsConfig()
+	if err != nil {
+		return nil, err
+	}
+	return &Client{
+		BaseURL: strings.TrimSuffix(addr, "/"),
+		HTTP:    &http.Client{Transport: &http.Transport{TLSClientConfig: tlsCfg, ForceAttemptHTTP2: true}},
+		Source:  source,
+	}, nil
+}
+
+// Session asks the coordinator what it received from this client: the
+// analog of HttpReceiveClientCertificate.
+func (c *Client) Session(ctx context.Context, channelBinding bool) (identity.ClientCertInfo, error) {
+	var info identity.ClientCertInfo
+	path := identity.SessionPath
+	if channelBinding {
+		path += "?channel_binding=true"
+	}
+	return info, c.do(ctx, http.MethodGet, path, nil, &info)
 }
 
 // Ping checks that the coordinator answers.

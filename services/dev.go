@@ -18,6 +18,7 @@ import (
 
 	"github.com/ferry-dev/ferry/agent"
 	"github.com/ferry-dev/ferry/agent/download"
+	"github.com/ferry-dev/ferry/certvault/identity"
 	"github.com/ferry-dev/ferry/coordinator"
 	"github.com/ferry-dev/ferry/events"
 	"github.com/rs/zerolog"
@@ -55,6 +56,7 @@ type DevInfo struct {
 	DemoOriginURL  string `json:"demo_origin_url,omitempty"`
 	AgentID        string `json:"agent_id"`
 	AgentRoot      string `json:"agent_root"`
+	CredentialsDir string `json:"credentials_dir"`
 	DataDir        string `json:"data_dir"`
 	PID            int    `json:"pid"`
 }
@@ -140,7 +142,15 @@ func StartDev(ctx context.Context, cfg DevConfig, log zerolog.Logger) (_ *Dev, e
 	if err != nil {
 		return nil, err
 	}
-	coord, err := coordinator.New(ctx, coordinator.Config{ReconcileInterval: cfg.ReconcileInterval, Anonymous: "local"}, log, d.nats.JS, store)
+	pki, err := loadDevPKI(identity.DefaultDir(cfg.DataDir))
+	if err != nil {
+		return nil, err
+	}
+	coord, err := coordinator.New(ctx, coordinator.Config{ReconcileInterval: cfg.ReconcileInterval, Auth: pki.auth}, log, d.nats.JS, store)
+	if err != nil {
+		return nil, err
+	}
+	coordCert, err := pki.issue(identity.RoleService, "coordinator", "localhost", "127.0.0.1", "::1")
 	if err != nil {
 		return nil, err
 	}
@@ -197,7 +207,8 @@ func StartDev(ctx context.Context, cfg DevConfig, log zerolog.Logger) (_ *Dev, e
 	if err != nil {
 		return nil, fmt.Errorf("dev: coordinator listen %s: %w", cfg.HTTP, err)
 	}
-	d.info.CoordinatorURL = "http://" + ln.Addr().String()
+	d.info.CoordinatorURL = "https://" + ln.Addr().String()
+	d.info.CredentialsDir = pki.dir
 	d.info.NATSURL = d.nats.ClientURL
 	d.info.AgentID, d.info.AgentRoot, d.info.DataDir, d.info.PID = cfg.AgentID, cfg.Root, cfg.DataDir, os.Getpid()
 
@@ -208,7 +219,7 @@ func StartDev(ctx context.Context, cfg DevConfig, log zerolog.Logger) (_ *Dev, e
 	api := &http.Server{Handler: coord.Handler(), ReadHeaderTimeout: 10 * time.Second, BaseContext: func(net.Listener) context.Context { return gctx }}
 	g.Go(func() error { return coord.Run(gctx) })
 	g.Go(func() error { return ag.Run(gctx) })
-	g.Go(func() error { return serve(gctx, api, ln, nil) })
+	g.Go(func() error { return serve(gctx, api, ln, identity.ServerTLSConfig(coordCert, pki.ca.Pool())) })
 	if originLn != nil {
 		origin := &http.Server{Handler: DemoOrigin(), ReadHeaderTimeout: 10 * time.Second, TLSConfig: originTLS}
 		g.Go(func() error { return serve(gctx, origin, originLn, originTLS) })

@@ -28,11 +28,11 @@ func TestDependencyDirection(t *testing.T) {
 	allowed := map[string][]string{
 		"events":      {"events"},
 		"job":         {"job", "events"},
-		"coordinator": {"coordinator", "job", "events"},
-		"agent":       {"agent", "job", "events"},
+		"coordinator": {"coordinator", "certvault", "job", "events"},
+		"agent":       {"agent", "certvault", "job", "events"},
 		"certvault":   {"certvault", "job", "events"},
 		"services":    {"services", "coordinator", "agent", "certvault", "job", "events"},
-		"cmd":         {"cmd", "services", "job", "events", "coordinator"},
+		"cmd":         {"cmd", "services", "job", "events", "coordinator", "certvault"},
 		"bench":       {"bench", "services", "coordinator", "agent", "certvault", "job", "events"},
 		"examples":    {"examples", "events", "job"},
 	}

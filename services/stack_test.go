@@ -42,7 +42,7 @@ func newStack(t *testing.T) *stack {
 			t.Errorf("close: %v", err)
 		}
 	})
-	c, err := services.Discover(d.Info().CoordinatorURL, "")
+	c, err := services.Discover(services.ClientConfig{Addr: d.Info().CoordinatorURL, DataDir: d.Info().DataDir})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -24,6 +24,9 @@ type globals struct {
 	dataDir string
 	output  string
 	logLvl  string
+	caCert  string
+	cert    string
+	key     string
 }
 
 func main() {
@@ -45,8 +48,11 @@ func run(ctx context.Context, args []string) int {
 	pf.StringVar(&g.dataDir, "data-dir", "", "data directory (default: $FERRY_DATA_DIR, else ~/.local/share/ferry)")
 	pf.StringVarP(&g.output, "output", "o", "text", "output format: text or json")
 	pf.StringVar(&g.logLvl, "log-level", "info", "log level: trace, debug, info, warn, error")
+	pf.StringVar(&g.caCert, "ca-cert", "", "CA certificate (PEM) that signs the coordinator (default: <data-dir>/pki/ca.pem)")
+	pf.StringVar(&g.cert, "cert", "", "client certificate (PEM) to present (default: <data-dir>/pki/admin.pem, made by ferry dev)")
+	pf.StringVar(&g.key, "key", "", "private key (PEM) of --cert")
 	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error { return envDefaults(cmd) }
-	root.AddCommand(devCmd(g), transferCmd(g), jobCmd(g))
+	root.AddCommand(devCmd(g), transferCmd(g), jobCmd(g), caCmd(g), whoamiCmd(g))
 	root.SetArgs(args)
 	err := root.ExecuteContext(ctx)
 	if err == nil {
@@ -100,7 +106,12 @@ func (g *globals) cli() (*services.CLI, error) {
 	if err := g.check(); err != nil {
 		return nil, err
 	}
-	c, err := services.Discover(g.addr, g.dir())
+	return g.cliAt(g.addr)
+}
+
+// cliAt is cli for a given coordinator address ("" to discover it).
+func (g *globals) cliAt(addr string) (*services.CLI, error) {
+	c, err := services.Discover(services.ClientConfig{Addr: addr, DataDir: g.dir(), CACert: g.caCert, Cert: g.cert, Key: g.key})
 	if err != nil {
 		return nil, err
 	}

@@ -81,11 +81,3 @@ Exit status: 0 done, 1 failed (job in ERROR), 2 cancelled, 3 --timeout.`,
 	f.DurationVar(&o.Timeout, "timeout", 0, "give up waiting after this long (the job goes on)")
 	return cmd
 }
-
-func (g *globals) cliAt(url string) (*services.CLI, error) {
-	c, err := services.Discover(url, "")
-	if err != nil {
-		return nil, err
-	}
-	return &services.CLI{Out: os.Stdout, Err: os.Stderr, JSON: g.json(), Client: c}, nil
-}
