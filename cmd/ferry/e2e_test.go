@@ -371,3 +371,56 @@ func TestTransferWithoutStack(t *testing.T) {
 		t.Fatalf("the embedded stack left %s behind (%v)", services.DevInfoFile, err)
 	}
 }
+
+// TestIdentities: the dev stack's CLI identity, whoami, and certificates
+// made with `ferry ca` that the coordinator does not trust.
+func TestIdentities(t *testing.T) {
+	o := servicestest.NewOrigin(t)
+	dataDir, root := t.TempDir(), t.TempDir()
+	startStack(t, dataDir, root, o.CAFile)
+
+	out, code := ferry(t, dataDir, "whoami", "--channel-binding", "-o", "json")
+	if code != 0 {
+		t.Fatalf("whoami exited %d", code)
+	}
+	var info struct {
+		Principal, Role, SHA1, ChannelBinding string `json:",omitempty"`
+		Flags                                 []string
+		Verified                              bool
+	}
+	if err := json.Unmarshal([]byte(out), &info); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(info.Principal, "spiffe://ferry.dev/admin/") || info.Role != "admin" || !info.Verified || len(info.SHA1) != 40 {
+		t.Fatalf("whoami: %s", out)
+	}
+	if !strings.Contains(out, `"channel_binding": "tls-exporter=`) {
+		t.Fatalf("whoami --channel-binding lacks the binding: %s", out)
+	}
+
+	// A user from another CA: the coordinator reports, but refuses.
+	other := t.TempDir()
+	if _, code := ferry(t, dataDir, "ca", "init", "--dir", other, "--trust-domain", "elsewhere.test"); code != 0 {
+		t.Fatal("ca init failed")
+	}
+	if _, code := ferry(t, dataDir, "ca", "init", "--dir", other); code == 0 {
+		t.Fatal("ca init overwrote an existing CA")
+	}
+	if _, code := ferry(t, dataDir, "ca", "issue", "--dir", other, "--role", "user", "--name", "bob"); code != 0 {
+		t.Fatal("ca issue failed")
+	}
+	if _, code := ferry(t, dataDir, "ca", "issue", "--dir", other, "--role", "pirate", "--name", "x"); code == 0 {
+		t.Fatal("ca issue accepted an unknown role")
+	}
+	bob := []string{"--cert", filepath.Join(other, "bob.pem"), "--key", filepath.Join(other, "bob-key.pem")}
+	cmd := exec.Command(ferryBin, append([]string{"job", "list"}, bob...)...)
+	cmd.Env = append(os.Environ(), "FERRY_DATA_DIR="+dataDir)
+	msg, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(msg), "CERT_E_UNTRUSTEDROOT") {
+		t.Fatalf("a foreign certificate was not refused with its verdict: %v %s", err, msg)
+	}
+	out, code = ferry(t, dataDir, append([]string{"whoami", "-o", "json"}, bob...)...)
+	if code != 0 || !strings.Contains(out, `"verified": false`) || !strings.Contains(out, "CERT_E_UNTRUSTEDROOT") {
+		t.Fatalf("whoami with a foreign certificate: %d %s", code, out)
+	}
+}
