@@ -2,7 +2,6 @@ package coordinator
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -14,6 +13,7 @@ import (
 	"github.com/ferry-dev/ferry/certvault/identity"
 	"github.com/ferry-dev/ferry/events"
 	"github.com/ferry-dev/ferry/job"
+	"github.com/ferry-dev/ferry/job/httpapi"
 	"github.com/google/uuid"
 )
 
@@ -135,11 +135,10 @@ func (s *Service) createJob(w http.ResponseWriter, r *http.Request, c caller) er
 		if res, err = s.exec(r.Context(), id, job.Resume{}, c.Principal, &res.Job); err != nil {
 			// The job exists; say so alongside the refusal.
 			p := ProblemFor(err)
-			p.Instance, p.JobID = r.URL.Path, id
+			p.JobID = id
 			w.Header().Set("Location", "/v1/jobs/"+id)
-			w.Header().Set("Content-Type", "application/problem+json")
-			w.WriteHeader(p.Status)
-			return json.NewEncoder(w).Encode(p)
+			httpapi.WriteProblem(w, r, p)
+			return nil
 		}
 	}
 	w.Header().Set("Location", "/v1/jobs/"+id)

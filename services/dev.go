@@ -174,15 +174,16 @@ func StartDev(ctx context.Context, cfg DevConfig, log zerolog.Logger) (_ *Dev, e
 	var originLn net.Listener
 	var originTLS *tls.Config
 	if cfg.DemoOrigin {
-		ca, err := newDevCA("ferry dev origin CA")
+		// A CA of its own, trusted only by this stack's agent for origins.
+		originCA, err := identity.NewCA("origin.ferry.dev")
 		if err != nil {
 			return nil, err
 		}
-		cert, err := ca.serverCert("localhost", "127.0.0.1", "::1")
+		cert, err := (&devPKI{ca: originCA}).issue(identity.RoleService, "demo-origin", "localhost", "127.0.0.1", "::1")
 		if err != nil {
 			return nil, err
 		}
-		roots.AddCert(ca.cert)
+		roots.AddCert(originCA.Cert)
 		originTLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 		addr := cfg.DemoAddr
 		if addr == "" {

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/ferry-dev/ferry/job"
+	"github.com/ferry-dev/ferry/job/httpapi"
 )
 
 const testTD = "test.ferry"
@@ -162,7 +163,7 @@ func get(c *http.Client, url string, hdr ...string) (*http.Response, []byte, err
 }
 
 // checkProblem asserts a problem+json answer with status and code.
-func checkProblem(t testing.TB, resp *http.Response, body []byte, status int, code job.Code) problem {
+func checkProblem(t testing.TB, resp *http.Response, body []byte, status int, code job.Code) httpapi.Problem {
 	t.Helper()
 	if resp.StatusCode != status {
 		t.Fatalf("status %d, want %d; body %s", resp.StatusCode, status, body)
@@ -170,7 +171,7 @@ func checkProblem(t testing.TB, resp *http.Response, body []byte, status int, co
 	if ct := resp.Header.Get("Content-Type"); ct != "application/problem+json" {
 		t.Errorf("Content-Type %q, want application/problem+json", ct)
 	}
-	var p problem
+	var p httpapi.Problem
 	if err := json.Unmarshal(body, &p); err != nil {
 		t.Fatalf("problem body %s: %v", body, err)
 	}

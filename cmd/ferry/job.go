@@ -104,11 +104,7 @@ func jobActionCmd(g *globals, action, short string) *cobra.Command {
 		Short: short,
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := g.cli()
-			if err != nil {
-				return err
-			}
-			id, err := c.ResolveID(cmd.Context(), args[0])
+			c, id, err := g.jobCLI(cmd, args[0])
 			if err != nil {
 				return err
 			}
@@ -154,11 +150,7 @@ func jobShowCmd(g *globals) *cobra.Command {
 		Short: "Show a job: state, progress, times, error, files",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := g.cli()
-			if err != nil {
-				return err
-			}
-			id, err := c.ResolveID(cmd.Context(), args[0])
+			c, id, err := g.jobCLI(cmd, args[0])
 			if err != nil {
 				return err
 			}
@@ -182,11 +174,7 @@ ERROR, ACKNOWLEDGED or CANCELLED (or forever with --follow).
 Exit status: 0, 1 if the job is in ERROR, 2 if it was cancelled.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := g.cli()
-			if err != nil {
-				return err
-			}
-			id, err := c.ResolveID(cmd.Context(), args[0])
+			c, id, err := g.jobCLI(cmd, args[0])
 			if err != nil {
 				return err
 			}
@@ -269,4 +257,14 @@ func jobSetCmd(g *globals) *cobra.Command {
 	f.DurationVar(&minDelay, "min-retry-delay", 0, "MinimumRetryDelay")
 	f.DurationVar(&noProgress, "no-progress-timeout", 0, "NoProgressTimeout")
 	return cmd
+}
+
+// jobCLI builds the CLI and resolves a job argument (ID or unique prefix).
+func (g *globals) jobCLI(cmd *cobra.Command, arg string) (*services.CLI, string, error) {
+	c, err := g.cli()
+	if err != nil {
+		return nil, "", err
+	}
+	id, err := c.ResolveID(cmd.Context(), arg)
+	return c, id, err
 }
