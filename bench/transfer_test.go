@@ -50,7 +50,7 @@ func BenchmarkTransfer(b *testing.B) {
 	b.Run("ferry", func(b *testing.B) {
 		root := b.TempDir()
 		d, err := services.StartDev(context.Background(), services.DevConfig{
-			DataDir: b.TempDir(), HTTP: "127.0.0.1:0", NATS: services.NATSConfig{Listen: "none"},
+			DataDir: b.TempDir(), HTTP: "127.0.0.1:0", Vault: "127.0.0.1:0", NATS: services.NATSConfig{Listen: "none"},
 			Root: root, OriginCAFiles: []string{ca}, ReconcileInterval: time.Second,
 		}, zerolog.Nop())
 		if err != nil {

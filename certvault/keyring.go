@@ -105,10 +105,18 @@ func ParseKeyring(data []byte) (*Keyring, error) {
 			add("entry "+strconv.Itoa(i+1), e.Version, e.Key)
 		}
 	} else {
-		lines := strings.FieldsFunc(string(trimmed), func(r rune) bool { return r == '\n' || r == ',' })
+		// Comments go first, whole lines, so that a comma in one does not
+		// split it into entries.
+		var kept []string
+		for _, line := range strings.Split(string(trimmed), "\n") {
+			if !strings.HasPrefix(strings.TrimSpace(line), "#") {
+				kept = append(kept, line)
+			}
+		}
+		lines := strings.FieldsFunc(strings.Join(kept, "\n"), func(r rune) bool { return r == '\n' || r == ',' })
 		for i, line := range lines {
 			line = strings.TrimSpace(line)
-			if line == "" || strings.HasPrefix(line, "#") {
+			if line == "" {
 				continue
 			}
 			where := "entry " + strconv.Itoa(i+1)

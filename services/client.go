@@ -47,16 +47,23 @@ func Discover(cfg ClientConfig) (*Client, error) {
 	if cfg.DataDir == "" {
 		cfg.DataDir = DefaultDataDir()
 	}
-	addr, source := cfg.Addr, "--addr"
+	env, flag := "FERRY_ADDR", "--addr"
+	if cfg.Service == "certvault" {
+		env, flag = "FERRY_VAULT_ADDR", "--vault-addr"
+	}
+	addr, source := cfg.Addr, flag
 	if addr == "" {
-		addr, source = os.Getenv("FERRY_ADDR"), "FERRY_ADDR"
+		addr, source = os.Getenv(env), env
 	}
 	if addr == "" {
 		info, err := ReadDevInfo(cfg.DataDir)
 		if err != nil {
-			return nil, fmt.Errorf("%w: no --addr or FERRY_ADDR, and no running `ferry dev` recorded in %s", ErrNoCoordinator, cfg.DataDir)
+			return nil, fmt.Errorf("%w: no %s or %s, and no running `ferry dev` recorded in %s", ErrNoCoordinator, flag, env, cfg.DataDir)
 		}
 		addr, source = info.CoordinatorURL, "the `ferry dev` recorded in "+filepath.Join(cfg.DataDir, DevInfoFile)
+		if cfg.Service == "certvault" {
+			addr = info.CertvaultURL
+		}
 	}
 	if !strings.Contains(addr, "://") {
 		addr = "https://" + addr

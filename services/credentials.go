@@ -78,7 +78,10 @@ func (p *devPKI) issue(role identity.Role, name string, hosts ...string) (tls.Ce
 // ClientConfig says how the CLI reaches and authenticates to a coordinator.
 // Empty fields are found from the environment and the data directory.
 type ClientConfig struct {
-	Addr    string // coordinator URL (else FERRY_ADDR, else dev.json)
+	// Service is the server to reach: "coordinator" (the default) or
+	// "certvault".
+	Service string
+	Addr    string // its URL (else FERRY_ADDR / FERRY_VAULT_ADDR, else dev.json)
 	DataDir string
 	CACert  string // PEM of the CA that signs the coordinator (else <credentials>/ca.pem)
 	Cert    string // client certificate (else <credentials>/admin.pem)

@@ -33,6 +33,8 @@ type DevConfig struct {
 	DataDir string
 	// HTTP is the coordinator's listen address (port 0: any free port).
 	HTTP string
+	// Vault is certvault's listen address (default 127.0.0.1:7071).
+	Vault string
 	NATS NATSConfig
 	// Root is the agent's root directory.
 	Root    string
@@ -52,6 +54,7 @@ type DevConfig struct {
 // dev.json in the data directory).
 type DevInfo struct {
 	CoordinatorURL string `json:"coordinator_url"`
+	CertvaultURL   string `json:"certvault_url"`
 	NATSURL        string `json:"nats_url,omitempty"`
 	DemoOriginURL  string `json:"demo_origin_url,omitempty"`
 	AgentID        string `json:"agent_id"`
@@ -106,6 +109,9 @@ func StartDev(ctx context.Context, cfg DevConfig, log zerolog.Logger) (_ *Dev, e
 	if cfg.HTTP == "" {
 		cfg.HTTP = "127.0.0.1:7070"
 	}
+	if cfg.Vault == "" {
+		cfg.Vault = "127.0.0.1:7071"
+	}
 	if cfg.Root == "" {
 		if cfg.Root, err = os.UserHomeDir(); err != nil {
 			return nil, fmt.Errorf("dev: agent root: %w", err)
@@ -154,6 +160,24 @@ func StartDev(ctx context.Context, cfg DevConfig, log zerolog.Logger) (_ *Dev, e
 	if err != nil {
 		return nil, err
 	}
+	keyring, err := loadDevKeyring(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	vaultCert, err := pki.issue(identity.RoleService, "certvault", "localhost", "127.0.0.1", "::1")
+	if err != nil {
+		return nil, err
+	}
+	vault, vaultSrv, err := vaultServer(ctx, d.nats.JS, store, keyring, pki.auth, vaultCert, log)
+	if err != nil {
+		return nil, err
+	}
+	_ = vault
+	vaultLn, err := net.Listen("tcp", cfg.Vault)
+	if err != nil {
+		return nil, fmt.Errorf("dev: certvault listen %s: %w", cfg.Vault, err)
+	}
+	d.info.CertvaultURL = "https://" + vaultLn.Addr().String()
 	d.coord = coord
 
 	// The demo origin gets a certificate from a throwaway CA that only this
@@ -221,6 +245,7 @@ func StartDev(ctx context.Context, cfg DevConfig, log zerolog.Logger) (_ *Dev, e
 	g.Go(func() error { return coord.Run(gctx) })
 	g.Go(func() error { return ag.Run(gctx) })
 	g.Go(func() error { return serve(gctx, api, ln, identity.ServerTLSConfig(coordCert, pki.ca.Pool())) })
+	g.Go(func() error { return serve(gctx, vaultSrv, vaultLn, vaultSrv.TLSConfig) })
 	if originLn != nil {
 		origin := &http.Server{Handler: DemoOrigin(), ReadHeaderTimeout: 10 * time.Second, TLSConfig: originTLS}
 		g.Go(func() error { return serve(gctx, origin, originLn, originTLS) })

@@ -30,7 +30,7 @@ func newStack(t *testing.T) *stack {
 	o := servicestest.NewOrigin(t)
 	root := t.TempDir()
 	d, err := services.StartDev(context.Background(), services.DevConfig{
-		DataDir: t.TempDir(), HTTP: "127.0.0.1:0", NATS: services.NATSConfig{Listen: "none"},
+		DataDir: t.TempDir(), HTTP: "127.0.0.1:0", Vault: "127.0.0.1:0", NATS: services.NATSConfig{Listen: "none"},
 		Root: root, OriginCAFiles: []string{o.CAFile}, ReconcileInterval: 200 * time.Millisecond,
 		CheckpointInterval: 20 * time.Millisecond, AckWait: 2 * time.Second,
 	}, testLogger(t))

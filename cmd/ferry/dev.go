@@ -31,10 +31,11 @@ func devCmd(g *globals) *cobra.Command {
 			fmt.Printf(`ferry dev is running.
 
   coordinator   %s
+  certvault     %s
   nats          %s
   agent         %s, writing under %s
   data          %s
-`, info.CoordinatorURL, orNone(info.NATSURL), info.AgentID, info.AgentRoot, info.DataDir)
+`, info.CoordinatorURL, info.CertvaultURL, orNone(info.NATSURL), info.AgentID, info.AgentRoot, info.DataDir)
 			if info.DemoOriginURL != "" {
 				fmt.Printf("  demo origin   %s/files/  (hello.txt, 1MiB.bin, 64MiB.bin, 1GiB.bin)\n", info.DemoOriginURL)
 				fmt.Printf(`
@@ -54,6 +55,7 @@ Try it from another terminal:
 	}
 	f := cmd.Flags()
 	f.StringVar(&cfg.HTTP, "http", "127.0.0.1:7070", "coordinator listen address")
+	f.StringVar(&cfg.Vault, "vault", "127.0.0.1:7071", "certvault listen address")
 	f.StringVar(&cfg.NATS.Listen, "nats-listen", "127.0.0.1:4222", `embedded NATS client address for more agents ("none": in-process only)`)
 	f.StringVar(&cfg.Root, "root", "", "agent root directory: files are only written under it (default: your home directory)")
 	f.StringVar(&cfg.AgentID, "agent-id", "", "agent id (default: dev-<hostname>)")

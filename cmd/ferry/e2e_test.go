@@ -8,9 +8,16 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"io"
+	"math/big"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -27,6 +34,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"software.sslmate.com/src/go-pkcs12"
 )
 
 var ferryBin string
@@ -61,7 +69,7 @@ type stack struct {
 func startStack(t *testing.T, dataDir, root, originCA string, extra ...string) *stack {
 	t.Helper()
 	old, _ := services.ReadDevInfo(dataDir)
-	args := append([]string{"dev", "--data-dir", dataDir, "--root", root, "--http", "127.0.0.1:0",
+	args := append([]string{"dev", "--data-dir", dataDir, "--root", root, "--http", "127.0.0.1:0", "--vault", "127.0.0.1:0",
 		"--nats-listen", "127.0.0.1:0", "--no-demo-origin", "--origin-ca", originCA, "--agent-id", "e2e",
 		"--log-level", "debug"}, extra...)
 	cmd := exec.Command(ferryBin, args...)
@@ -423,4 +431,96 @@ func TestIdentities(t *testing.T) {
 	if code != 0 || !strings.Contains(out, `"verified": false`) || !strings.Contains(out, "CERT_E_UNTRUSTEDROOT") {
 		t.Fatalf("whoami with a foreign certificate: %d %s", code, out)
 	}
+}
+
+// TestCertStores: `ferry cert import|list|remove` against the dev stack's
+// certvault, with PEM and PKCS#12 files and the BITS errors for bad input.
+func TestCertStores(t *testing.T) {
+	o := servicestest.NewOrigin(t)
+	dataDir, root := t.TempDir(), t.TempDir()
+	startStack(t, dataDir, root, o.CAFile)
+	dir := t.TempDir()
+	certPEM, keyPEM, pfx := clientCertFiles(t, "alice@example.test", "s3cret")
+	pemFile := filepath.Join(dir, "alice.pem")
+	pfxFile := filepath.Join(dir, "alice.pfx")
+	passFile := filepath.Join(dir, "pass")
+	wrongFile := filepath.Join(dir, "wrong")
+	for name, b := range map[string][]byte{pemFile: append(certPEM, keyPEM...), pfxFile: pfx, passFile: []byte("s3cret\n"), wrongFile: []byte("nope")} {
+		if err := os.WriteFile(name, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out, code := ferry(t, dataDir, "cert", "import", "--pem", pemFile, "-o", "json")
+	if code != 0 {
+		t.Fatalf("import pem: %d", code)
+	}
+	var info struct{ SHA1, Store string }
+	if err := json.Unmarshal([]byte(out), &info); err != nil || len(info.SHA1) != 40 || info.Store != "MY" {
+		t.Fatalf("import answer %s: %v", out, err)
+	}
+	if _, code := ferry(t, dataDir, "cert", "import", "--store", "Apps", "--pfx", pfxFile, "--password-file", passFile); code != 0 {
+		t.Fatal("import pfx failed")
+	}
+	for _, tc := range []struct {
+		args []string
+		code string
+	}{
+		{[]string{"cert", "import", "--store", "Apps", "--pfx", pfxFile, "--password-file", wrongFile}, "E_INVALIDARG"},
+		{[]string{"cert", "list", "--location", "9"}, "E_NOTIMPL"},
+		{[]string{"cert", "list", "--store", strings.Repeat("S", 300)}, "BG_E_STRING_TOO_LONG"},
+		{[]string{"cert", "list", "--store", "NOSUCH"}, "ERROR_FILE_NOT_FOUND"},
+		{[]string{"cert", "remove", strings.Repeat("ab", 20), "--store", "Apps"}, "CRYPT_E_NOT_FOUND"},
+		{[]string{"cert", "remove", "abcd"}, "RPC_X_BAD_STUB_DATA"},
+	} {
+		cmd := exec.Command(ferryBin, tc.args...)
+		cmd.Env = append(os.Environ(), "FERRY_DATA_DIR="+dataDir)
+		msg, err := cmd.CombinedOutput()
+		if err == nil || !strings.Contains(string(msg), tc.code) {
+			t.Fatalf("ferry %v: %v %s; want %s", tc.args, err, msg, tc.code)
+		}
+	}
+	out, code = ferry(t, dataDir, "cert", "list", "-o", "json")
+	if code != 0 || !strings.Contains(out, info.SHA1) {
+		t.Fatalf("list: %d %s", code, out)
+	}
+	if strings.Contains(out, "PRIVATE KEY") || strings.Contains(out, string(keyPEM[40:80])) {
+		t.Fatal("list shows key material")
+	}
+	if _, code := ferry(t, dataDir, "cert", "remove", info.SHA1); code != 0 {
+		t.Fatal("remove failed")
+	}
+	out, _ = ferry(t, dataDir, "cert", "list", "-o", "json")
+	if strings.Contains(out, info.SHA1) {
+		t.Fatalf("removed certificate still listed: %s", out)
+	}
+}
+
+// clientCertFiles makes a self-signed client-authentication certificate and
+// returns it as PEM, its key as PEM, and both as a PKCS#12 file.
+func clientCertFiles(t *testing.T, cn, password string) (certPEM, keyPEM, pfx []byte) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(42), Subject: pkix.Name{CommonName: cn, Organization: []string{"Example"}},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pk, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	pfx, err = pkcs12.Modern2023.Encode(key, cert, nil, password)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: pk}), pfx
 }

@@ -45,7 +45,7 @@ Exit status: 0 done, 1 failed (job in ERROR), 2 cancelled, 3 --timeout.`,
 					return lerr
 				}
 				d, derr := services.StartDev(ctx, services.DevConfig{
-					DataDir: g.dir(), HTTP: "127.0.0.1:0", NATS: services.NATSConfig{Listen: "none"},
+					DataDir: g.dir(), HTTP: "127.0.0.1:0", Vault: "127.0.0.1:0", NATS: services.NATSConfig{Listen: "none"},
 					Root: services.CommonRoot(files), ReconcileInterval: time.Second,
 				}, log)
 				if derr != nil {
