@@ -18,10 +18,10 @@ func TestParseKeyring(t *testing.T) {
 	k1, k2 := testKEK(t), testKEK(t)
 	b1, b2 := base64.StdEncoding.EncodeToString(k1), base64.StdEncoding.EncodeToString(k2)
 	for name, text := range map[string]string{
-		"lines":  "# ferry keyring\n1:" + b1 + "\n\n2:" + b2 + "\n",
-		"commas": "1:" + b1 + ", 2:" + b2,
+		"lines":               "# ferry keyring\n1:" + b1 + "\n\n2:" + b2 + "\n",
+		"commas":              "1:" + b1 + ", 2:" + b2,
 		"comment with commas": "# keep it secret, keep it safe\n1:" + b1 + "\n2:" + b2,
-		"json":   `{"keys": [{"version": 2, "key": "` + b2 + `"}, {"version": 1, "key": "` + b1 + `"}]}`,
+		"json":                `{"keys": [{"version": 2, "key": "` + b2 + `"}, {"version": 1, "key": "` + b1 + `"}]}`,
 	} {
 		k, err := ParseKeyring([]byte(text))
 		if err != nil {

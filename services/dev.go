@@ -35,7 +35,7 @@ type DevConfig struct {
 	HTTP string
 	// Vault is certvault's listen address (default 127.0.0.1:7071).
 	Vault string
-	NATS NATSConfig
+	NATS  NATSConfig
 	// Root is the agent's root directory.
 	Root    string
 	AgentID string
