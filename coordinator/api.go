@@ -66,6 +66,10 @@ func (s *Service) Handler() http.Handler {
 	mux.HandleFunc("PATCH /v1/jobs/{id}", s.handle(s.patchJob))
 	mux.HandleFunc("POST /v1/jobs/{id}/files", s.handle(s.addFiles))
 	mux.HandleFunc("POST /v1/jobs/{id}/{action}", s.handle(s.action))
+	mux.HandleFunc("PUT /v1/jobs/{id}/client-certificate", s.handle(s.setClientCertificate))
+	mux.HandleFunc("GET /v1/jobs/{id}/client-certificate", s.handle(s.getClientCertificate))
+	mux.HandleFunc("DELETE /v1/jobs/{id}/client-certificate", s.handle(s.removeClientCertificate))
+	mux.HandleFunc("POST /v1/jobs/{id}/take-ownership", s.handle(s.takeOwnership))
 	mux.HandleFunc("GET /v1/jobs/{id}/events", s.handle(s.jobEvents))
 	mux.Handle("GET "+identity.SessionPath, s.cfg.Auth.SessionHandler())
 	mux.HandleFunc("/", s.handle(func(w http.ResponseWriter, r *http.Request, _ caller) error {

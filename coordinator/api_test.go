@@ -3,6 +3,7 @@ package coordinator_test
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"encoding/json"
 	"io"
@@ -14,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferry-dev/ferry/certvault"
 	"github.com/ferry-dev/ferry/certvault/identity"
 	"github.com/ferry-dev/ferry/coordinator"
 	"github.com/ferry-dev/ferry/events"
@@ -29,12 +31,19 @@ type env struct {
 	srv    *httptest.Server
 	ca     *identity.CA
 	client *http.Client // alice, a user
-	svc   *coordinator.Service
-	store events.Store
-	js    jetstream.JetStream
+	svc    *coordinator.Service
+	store  events.Store
+	js     jetstream.JetStream
+	vault  *certvault.Vault // nil unless made by newEnvWithVault
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t *testing.T) *env { t.Helper(); return newEnvWith(t, false) }
+
+// newEnvWithVault is newEnv with a real certvault on the same JetStream as
+// the coordinator's certificate lookup.
+func newEnvWithVault(t *testing.T) *env { t.Helper(); return newEnvWith(t, true) }
+
+func newEnvWith(t *testing.T, withVault bool) *env {
 	t.Helper()
 	_, _, js := eventstest.StartServer(t)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -50,7 +59,23 @@ func newEnv(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	auth := &identity.Authenticator{Roots: ca.Pool(), Roles: identity.RoleMap{TrustDomain: "ferry.test"}}
-	svc, err := coordinator.New(ctx, coordinator.Config{Auth: auth, ReconcileInterval: time.Hour}, zerolog.Nop(), js, store)
+	cfg := coordinator.Config{Auth: auth, ReconcileInterval: time.Hour}
+	var vault *certvault.Vault
+	if withVault {
+		kek := make([]byte, 32)
+		if _, err := rand.Read(kek); err != nil {
+			t.Fatal(err)
+		}
+		keyring, err := certvault.NewKeyring(map[int][]byte{1: kek})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if vault, err = certvault.New(ctx, js, store, keyring, zerolog.Nop()); err != nil {
+			t.Fatal(err)
+		}
+		cfg.Certs = vault
+	}
+	svc, err := coordinator.New(ctx, cfg, zerolog.Nop(), js, store)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,7 +85,7 @@ func newEnv(t *testing.T) *env {
 	srv.TLS = identity.ServerTLSConfig(issue(t, ca, identity.RoleService, "coordinator", "127.0.0.1"), ca.Pool())
 	srv.StartTLS()
 	t.Cleanup(func() { srv.Close(); cancel(); wg.Wait() })
-	e := &env{t: t, srv: srv, svc: svc, store: store, js: js, ca: ca}
+	e := &env{t: t, srv: srv, svc: svc, store: store, js: js, ca: ca, vault: vault}
 	e.client = e.as(identity.RoleUser, "alice")
 	return e
 }

@@ -4,8 +4,9 @@
 // have lost, the KV read model and its projector, and job event streams as
 // server-sent events.
 //
-// It imports job (and its jobstore and dispatch packages) and events; never
-// agent or certvault.
+// It imports job (and its jobstore and dispatch packages), events, and
+// certvault's names and identities (a job's client certificate is checked
+// through the CertLookup interface it declares); never agent.
 package coordinator
 
 import (
@@ -35,6 +36,9 @@ type Config struct {
 	// Auth identifies callers by their verified client certificates. It is
 	// required: every API call needs a verified identity.
 	Auth *identity.Authenticator
+	// Certs resolves the client certificates jobs name. Nil: setting a
+	// client certificate answers ERROR_SERVICE_UNAVAILABLE.
+	Certs CertLookup
 }
 
 // Service is the coordinator.

@@ -23,6 +23,10 @@ const (
 	TypeJobCompleteFailed    = "JobCompleteFailed"
 	TypeJobCancelled         = "JobCancelled"
 	TypeJobFilesDeleted      = "JobFilesDeleted"
+
+	TypeClientCertificateSet     = "ClientCertificateSet"
+	TypeClientCertificateRemoved = "ClientCertificateRemoved"
+	TypeJobOwnerChanged          = "JobOwnerChanged"
 )
 
 // FileSpec is one file of a job as the user asked for it.
@@ -179,6 +183,38 @@ type JobFilesDeleted struct {
 	Undeleted []string `json:"undeleted,omitempty"`
 }
 
+// ClientCertificateSet names the job's HTTPS client certificate
+// (SetClientCertificateByID / ByName): the store it is in and its SHA-1
+// thumbprint, resolved in certvault when it was set. Never key material.
+type ClientCertificateSet struct {
+	Location string `json:"location"` // BG_CERT_STORE_LOCATION name, "CURRENT_USER"
+	Store    string `json:"store"`    // canonical store name, "MY"
+	SHA1     string `json:"sha1"`     // 40 lower-case hex digits
+	Subject  string `json:"subject"`  // the certificate's subject (RFC 4514), for people
+	// By says how the owner named it: "id" (thumbprint) or "name" (subject).
+	By string `json:"by"`
+}
+
+// Reasons of ClientCertificateRemoved.
+const (
+	CertRemovedByOwner        = "removed"
+	CertRemovedOwnershipMoved = "ownership-changed"
+)
+
+// ClientCertificateRemoved: the job has no client certificate any more.
+// Reason is "removed" (RemoveClientCertificate) or "ownership-changed" (the
+// job changed owner, and a certificate never outlives its owner's job).
+type ClientCertificateRemoved struct {
+	Reason string `json:"reason"`
+}
+
+// JobOwnerChanged: an administrator took ownership of the job
+// (TakeOwnership).
+type JobOwnerChanged struct {
+	From string `json:"from"`
+	To   string `json:"to"`
+}
+
 func (*JobCreated) EventType() string           { return TypeJobCreated }
 func (*FilesAdded) EventType() string           { return TypeFilesAdded }
 func (*JobModified) EventType() string          { return TypeJobModified }
@@ -197,6 +233,14 @@ func (*JobAcknowledged) EventType() string      { return TypeJobAcknowledged }
 func (*JobCompleteFailed) EventType() string    { return TypeJobCompleteFailed }
 func (*JobCancelled) EventType() string         { return TypeJobCancelled }
 func (*JobFilesDeleted) EventType() string      { return TypeJobFilesDeleted }
+
+func (*ClientCertificateSet) EventType() string     { return TypeClientCertificateSet }
+func (*ClientCertificateRemoved) EventType() string { return TypeClientCertificateRemoved }
+func (*JobOwnerChanged) EventType() string          { return TypeJobOwnerChanged }
+
+func (*ClientCertificateSet) EventVersion() int     { return 1 }
+func (*ClientCertificateRemoved) EventVersion() int { return 1 }
+func (*JobOwnerChanged) EventVersion() int          { return 1 }
 
 func (*JobCreated) EventVersion() int           { return 1 }
 func (*FilesAdded) EventVersion() int           { return 1 }
@@ -236,4 +280,7 @@ func init() {
 	register(func() Payload { return new(JobCompleteFailed) })
 	register(func() Payload { return new(JobCancelled) })
 	register(func() Payload { return new(JobFilesDeleted) })
+	register(func() Payload { return new(ClientCertificateSet) })
+	register(func() Payload { return new(ClientCertificateRemoved) })
+	register(func() Payload { return new(JobOwnerChanged) })
 }

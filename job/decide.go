@@ -289,6 +289,12 @@ func Decide(j *Job, c Command, now time.Time) ([]events.Payload, error) {
 			return nil, invalidState(j, c)
 		}
 		return one(&events.JobCompleteFailed{Error: c.Error}), nil
+	case SetClientCertificate:
+		return decideSetCert(j, c)
+	case RemoveClientCertificate:
+		return decideRemoveCert(j, c)
+	case TakeOwnership:
+		return decideTakeOwnership(j, c)
 	case FilesDeleted:
 		if j.State != Cancelled || !j.PendingCleanup || c.Agent != j.FilesAgent {
 			return nil, invalidState(j, c)

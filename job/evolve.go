@@ -139,6 +139,12 @@ func Apply(j *Job, p events.Payload, t time.Time) error {
 		j.PendingCleanup = e.Agent != ""
 	case *events.JobFilesDeleted:
 		j.PendingCleanup = false
+	case *events.ClientCertificateSet:
+		j.ClientCertificate = &CertRef{Location: e.Location, Store: e.Store, SHA1: e.SHA1, Subject: e.Subject}
+	case *events.ClientCertificateRemoved:
+		j.ClientCertificate = nil
+	case *events.JobOwnerChanged:
+		j.Owner = e.To
 	default:
 		return fmt.Errorf("job: no rule for event %s", p.EventType())
 	}

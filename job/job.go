@@ -135,6 +135,9 @@ type Job struct {
 	PendingComplete bool `json:"pending_complete,omitempty"`
 	// PendingCleanup: Cancel was called and the staged files wait for deletion.
 	PendingCleanup bool `json:"pending_cleanup,omitempty"`
+	// ClientCertificate is the certificate for HTTPS client authentication
+	// (nil when none is set).
+	ClientCertificate *CertRef `json:"client_certificate,omitempty"`
 	// Version is the stream sequence of the job's last event: the expected
 	// last sequence for the next append, and the fencing token.
 	Version uint64 `json:"version"`
@@ -159,6 +162,10 @@ func (j Job) Clone() Job {
 	if j.Error != nil {
 		e := *j.Error
 		j.Error = &e
+	}
+	if j.ClientCertificate != nil {
+		c := *j.ClientCertificate
+		j.ClientCertificate = &c
 	}
 	if j.RetryAt != nil {
 		t := *j.RetryAt

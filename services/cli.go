@@ -129,6 +129,7 @@ func (c *CLI) PrintJob(j job.Job) {
 	if j.RetryAt != nil {
 		fmt.Fprintf(tw, "Next retry\t%s\n", j.RetryAt.Local().Format(time.RFC3339))
 	}
+	printCertLine(tw, j.ClientCertificate)
 	tw.Flush()
 	for i, f := range j.Files {
 		mark := " "
@@ -285,6 +286,9 @@ func describe(j *job.Job, ev *events.Event) string {
 	case *events.JobModified:
 		return "properties changed"
 	}
+	if s, ok := describeCert(p); ok {
+		return s
+	}
 	return ev.Type
 }
 
@@ -330,6 +334,8 @@ type TransferOptions struct {
 	DisplayName string
 	Priority    string
 	Timeout     time.Duration
+	// Cert, if set, is the job's client certificate, set before it resumes.
+	Cert CertSpec
 }
 
 // Transfer is `ferry transfer`: create and resume a job, watch it, complete
@@ -347,7 +353,7 @@ func (c *CLI) Transfer(ctx context.Context, files []events.FileSpec, o TransferO
 			name += fmt.Sprintf(" and %d more", len(files)-1)
 		}
 	}
-	created, err := c.Client.Create(ctx, coordinator.CreateRequest{DisplayName: name, Priority: o.Priority, Files: files, Resume: true})
+	created, err := c.CreateWithCert(ctx, coordinator.CreateRequest{DisplayName: name, Priority: o.Priority, Files: files, Resume: true}, o.Cert)
 	if err != nil {
 		return created, err
 	}

@@ -152,10 +152,6 @@ func StartDev(ctx context.Context, cfg DevConfig, log zerolog.Logger) (_ *Dev, e
 	if err != nil {
 		return nil, err
 	}
-	coord, err := coordinator.New(ctx, coordinator.Config{ReconcileInterval: cfg.ReconcileInterval, Auth: pki.auth}, log, d.nats.JS, store)
-	if err != nil {
-		return nil, err
-	}
 	coordCert, err := pki.issue(identity.RoleService, "coordinator", "localhost", "127.0.0.1", "::1")
 	if err != nil {
 		return nil, err
@@ -172,7 +168,12 @@ func StartDev(ctx context.Context, cfg DevConfig, log zerolog.Logger) (_ *Dev, e
 	if err != nil {
 		return nil, err
 	}
-	_ = vault
+	// In the all-in-one stack the coordinator checks job certificates in
+	// the vault directly (same process, same JetStream).
+	coord, err := coordinator.New(ctx, coordinator.Config{ReconcileInterval: cfg.ReconcileInterval, Auth: pki.auth, Certs: vault}, log, d.nats.JS, store)
+	if err != nil {
+		return nil, err
+	}
 	vaultLn, err := net.Listen("tcp", cfg.Vault)
 	if err != nil {
 		return nil, fmt.Errorf("dev: certvault listen %s: %w", cfg.Vault, err)

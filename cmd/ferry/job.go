@@ -13,6 +13,7 @@ import (
 func jobCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "job", Short: "Create, control and inspect jobs"}
 	cmd.AddCommand(jobCreateCmd(g), jobAddFileCmd(g), jobListCmd(g), jobShowCmd(g), jobWatchCmd(g), jobSetCmd(g))
+	cmd.AddCommand(jobCertCmd(g), jobTakeOwnershipCmd(g))
 	for _, a := range []struct{ name, short string }{
 		{"resume", "Queue a job for transfer (BG_E_EMPTY without files)"},
 		{"suspend", "Stop a job's transfer; resume continues where it stopped"},
@@ -26,6 +27,7 @@ func jobCmd(g *globals) *cobra.Command {
 
 func jobCreateCmd(g *globals) *cobra.Command {
 	var req coordinator.CreateRequest
+	var cert services.CertSpec
 	var minDelay, noProgress time.Duration
 	cmd := &cobra.Command{
 		Use:   "create [URL DEST...]",
@@ -48,7 +50,8 @@ func jobCreateCmd(g *globals) *cobra.Command {
 				s := int64(noProgress / time.Second)
 				req.NoProgressTimeoutS = &s
 			}
-			j, err := c.Client.Create(cmd.Context(), req)
+			certDefaults(cmd.Flags(), &cert)
+			j, err := c.CreateWithCert(cmd.Context(), req, cert)
 			if err != nil {
 				return err
 			}
@@ -67,6 +70,7 @@ func jobCreateCmd(g *globals) *cobra.Command {
 	f.BoolVar(&req.Resume, "resume", false, "resume the job right away")
 	f.DurationVar(&minDelay, "min-retry-delay", 600*time.Second, "MinimumRetryDelay (at least 5s)")
 	f.DurationVar(&noProgress, "no-progress-timeout", 14*24*time.Hour, "NoProgressTimeout (0: every error is fatal)")
+	addCertFlags(cmd, &cert)
 	return cmd
 }
 

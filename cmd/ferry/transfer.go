@@ -59,6 +59,7 @@ Exit status: 0 done, 1 failed (job in ERROR), 2 cancelled, 3 --timeout.`,
 					fmt.Fprintln(os.Stderr, "(no ferry dev running: using an embedded stack for this transfer)")
 				}
 			}
+			certDefaults(cmd.Flags(), &o.Cert)
 			j, err := c.Transfer(ctx, files, o)
 			if errors.Is(err, context.Canceled) {
 				return fmt.Errorf("interrupted; job %s goes on (ferry job show %s)", j.ID, j.ID)
@@ -79,5 +80,6 @@ Exit status: 0 done, 1 failed (job in ERROR), 2 cancelled, 3 --timeout.`,
 	f.StringVar(&o.DisplayName, "name", "", "display name of the job")
 	f.StringVar(&o.Priority, "priority", "", "FOREGROUND, HIGH, NORMAL (default) or LOW")
 	f.DurationVar(&o.Timeout, "timeout", 0, "give up waiting after this long (the job goes on)")
+	addCertFlags(cmd, &o.Cert)
 	return cmd
 }
