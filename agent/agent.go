@@ -13,7 +13,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/http"
 	"os"
 	"path"
 	"path/filepath"
@@ -81,12 +80,11 @@ func (c *Config) defaults() error {
 
 // Agent is one worker process.
 type Agent struct {
-	cfg    Config
-	log    zerolog.Logger
-	js     jetstream.JetStream
-	repo   *jobstore.Repo
-	root   *os.Root
-	client *http.Client
+	cfg  Config
+	log  zerolog.Logger
+	js   jetstream.JetStream
+	repo *jobstore.Repo
+	root *os.Root
 
 	mu      sync.Mutex
 	running map[string]*run // job ID -> its transfer on this host
@@ -114,7 +112,6 @@ func New(cfg Config, log zerolog.Logger, js jetstream.JetStream, store events.St
 	return &Agent{
 		cfg: cfg, log: log.With().Str("component", "agent").Str("agent", cfg.ID).Logger(),
 		js: js, repo: &jobstore.Repo{Store: store}, root: root,
-		client:  download.NewClient(cfg.Client),
 		running: map[string]*run{},
 	}, nil
 }
@@ -354,8 +351,21 @@ func (a *Agent) transferFile(ctx context.Context, j *job.Job, idx int, log zerol
 		return err
 	}
 	temp := TempName(rel, j.ID, idx)
-	res, err := download.Fetch(ctx, download.Request{
-		URL: f.RemoteURL, Root: a.root, TempName: temp, Client: a.client,
+	// One HTTP client per transfer: a connection authenticated with one
+	// job's client certificate must never carry another job's requests, and
+	// net/http pools connections by host only. Its idle connections are
+	// closed when the transfer ends.
+	client := download.NewClient(a.cfg.Client)
+	defer client.CloseIdleConnections()
+	fetchCtx := ctx
+	if p := a.clientCertFor(j); p != nil {
+		fetchCtx = download.WithClientCertificate(ctx, p)
+	}
+	// With no provider, an origin that asks for a client certificate fails
+	// the transfer with ERROR_WINHTTP_CLIENT_AUTH_CERT_NEEDED (0x80072F0C)
+	// before any HTTP request is sent, as BITS does.
+	res, err := download.Fetch(fetchCtx, download.Request{
+		URL: f.RemoteURL, Root: a.root, TempName: temp, Client: client,
 		CheckpointInterval: a.cfg.CheckpointInterval, CheckpointBytes: a.cfg.CheckpointBytes,
 		Log: log.With().Int("file", idx).Logger(),
 		OnTransferring: func(s download.Start) error {
@@ -371,6 +381,14 @@ func (a *Agent) transferFile(ctx context.Context, j *job.Job, idx int, log zerol
 	}
 	return a.exec(ctx, j, job.FileDone{Agent: a.cfg.ID, FileIndex: idx, Bytes: res.Bytes, SHA256: res.SHA256,
 		TempName: temp, ETag: res.ETag, LastModified: res.LastModified})
+}
+
+// clientCertFor is the client-certificate provider of j's transfers, nil
+// when the job has none. For now no job has one: the job-certificate model
+// (SetClientCertificateByID, released from certvault inside the TLS
+// callback) is being added separately and will plug in here.
+func (a *Agent) clientCertFor(j *job.Job) download.ClientCertProvider {
+	return nil
 }
 
 // fenced runs when a write was refused: the job was suspended, cancelled,

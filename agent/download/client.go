@@ -52,8 +52,13 @@ type ClientOptions struct {
 	ConnectTimeout, ResponseHeaderTimeout, IdleReadTimeout time.Duration
 
 	// GetClientCertificate, when set, supplies the TLS client certificate
-	// (see tls.Config.GetClientCertificate). It is asked on every handshake,
-	// so a renewed certificate is used without building a new client.
+	// of every request that carries no per-transfer choice (see
+	// WithClientCertificate and WithAnonymousClientAuth, which take
+	// precedence). It is asked on every handshake in which the origin
+	// requests a certificate, so a renewed certificate is used without
+	// building a new client. When neither it nor the request's context
+	// supplies one, a CertificateRequest fails the handshake with
+	// ErrClientCertNeeded (ERROR_WINHTTP_CLIENT_AUTH_CERT_NEEDED).
 	GetClientCertificate func(*tls.CertificateRequestInfo) (*tls.Certificate, error)
 }
 
@@ -72,7 +77,10 @@ func orDefault(d, def time.Duration) time.Duration {
 // those of the stored resource), follows at most MaxRedirects redirects and
 // only to http or https URLs, and connects directly (no proxy).
 //
-// Call CloseIdleConnections on it when it is no longer needed.
+// Call CloseIdleConnections on it when it is no longer needed. Its
+// connection pool is not partitioned by client certificate: use one client
+// per transfer when transfers carry different WithClientCertificate
+// providers.
 func NewClient(o ClientOptions) *http.Client {
 	connect := orDefault(o.ConnectTimeout, DefaultConnectTimeout)
 	dialer := &net.Dialer{
@@ -87,7 +95,7 @@ func NewClient(o ClientOptions) *http.Client {
 		DialContext: dialer.DialContext,
 		TLSClientConfig: &tls.Config{
 			RootCAs:              o.RootCAs,
-			GetClientCertificate: o.GetClientCertificate,
+			GetClientCertificate: getClientCertificate(o.GetClientCertificate),
 			MinVersion:           tls.VersionTLS12,
 		},
 		TLSHandshakeTimeout:   connect,

@@ -26,6 +26,17 @@
 // dial-time refusal of link-local and cloud metadata addresses, refusal of
 // HTTPS→HTTP redirects, and stall detection on the response body.
 //
+// Client certificates are chosen per transfer through the request's context
+// (WithClientCertificate, or WithAnonymousClientAuth to send none), read in
+// the TLS callback, which runs only when the origin asks. With neither, an
+// origin that asks fails the transfer with ErrClientCertNeeded, reported as
+// ERROR_WINHTTP_CLIENT_AUTH_CERT_NEEDED before any HTTP exchange, as BITS
+// does even when the origin's client authentication is optional. Servers'
+// refusals of a certificate (TLS alerts, nginx's HTTP 400 pages) become
+// client-authentication errors carrying the server's words. A client's
+// connection pool is shared by all its requests, so the agent uses one
+// client per transfer.
+//
 // The package imports only job (for the error vocabulary) and the standard
 // library plus zerolog.
 package download

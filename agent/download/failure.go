@@ -80,6 +80,9 @@ func httpFailure(resp *http.Response, now time.Time) *Failure {
 	if status == "" {
 		status = fmt.Sprintf("%d %s", code, http.StatusText(code))
 	}
+	if f := clientAuthResponse(resp, status); f != nil {
+		return f
+	}
 	desc := fmt.Sprintf("the server answered %q for %s", status, redactURL(resp.Request.URL))
 	f := fatal(job.ContextRemoteFile, job.HTTPStatusCode(code), nil, "%s", desc)
 	switch {
@@ -95,7 +98,11 @@ func httpFailure(resp *http.Response, now time.Time) *Failure {
 
 // classifyNet classifies an error from the HTTP client: dialing, TLS,
 // redirects, reading the response.
-func classifyNet(err error) *Failure {
+func classifyNet(err error) *Failure { return classifyNetTrace(err, nil) }
+
+// classifyNetTrace is classifyNet knowing, when tr is not nil, what the
+// transfer answered to the origins' certificate requests.
+func classifyNetTrace(err error, tr *certTrace) *Failure {
 	// The client wraps errors in *url.Error, whose message contains the full
 	// URL (query included); describe the cause alone.
 	var ue *url.Error
@@ -117,6 +124,9 @@ func classifyNet(err error) *Failure {
 		netErr    net.Error
 	)
 	switch {
+	case errors.Is(err, ErrClientCertNeeded):
+		return fatal(job.ContextRemoteFile, job.ERROR_WINHTTP_CLIENT_AUTH_CERT_NEED, err,
+			"the origin asked for a TLS client certificate and the job has none; the connection was closed before any HTTP request was sent")
 	case errors.As(err, &blocked):
 		return fatal(gt, job.E_ACCESSDENIED, err, "%s", blocked.Error())
 	case errors.As(err, &redirect):
@@ -136,8 +146,8 @@ func classifyNet(err error) *Failure {
 	case errors.As(err, &opErr) && opErr.Op == "remote error":
 		// A TLS alert from the server. crypto/tls keeps the alert type
 		// unexported, so its text is all there is.
-		if strings.Contains(opErr.Err.Error(), "certificate required") {
-			return fatal(gt, job.ERROR_WINHTTP_CLIENT_AUTH_CERT_NEED, err, "the server requires a client certificate: %s", opErr.Error())
+		if f := clientAuthAlert(err, opErr, tr); f != nil {
+			return f
 		}
 		return fatal(gt, job.ERROR_WINHTTP_SECURE_FAILURE, err, "the server ended the TLS session: %s", opErr.Error())
 	case errors.As(err, &dnsErr):

@@ -141,6 +141,9 @@ func Fetch(ctx context.Context, r Request) (Result, error) {
 		r.Client = NewClient(ClientOptions{})
 		defer r.Client.CloseIdleConnections()
 	}
+	// Record what the client-certificate callback answers, for
+	// classifying refusals precisely.
+	ctx = withCertTrace(ctx, &certTrace{})
 	ft := &fetcher{
 		r:   r,
 		log: r.Log.With().Str("url", redactURL(u)).Str("temp", r.TempName).Logger(),
@@ -653,5 +656,6 @@ func (ft *fetcher) fail(ctx context.Context, err error) error {
 	case errors.As(err, &f):
 		return f
 	}
-	return classifyNet(err)
+	tr, _ := ctx.Value(certTraceKey{}).(*certTrace)
+	return classifyNetTrace(err, tr)
 }

@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"encoding/pem"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -29,6 +30,7 @@ type Origin struct {
 	CAFile string
 
 	mu      sync.Mutex
+	conns   int
 	ranges  []string
 	gates   map[string]*Gate // path -> gate for the next request of that path
 	retryIn string
@@ -49,6 +51,13 @@ func NewOrigin(t testing.TB) *Origin {
 	o := &Origin{gates: map[string]*Gate{}}
 	o.Server = httptest.NewUnstartedServer(http.HandlerFunc(o.serve))
 	o.Server.EnableHTTP2 = false
+	o.Server.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			o.mu.Lock()
+			o.conns++
+			o.mu.Unlock()
+		}
+	}
 	o.Server.StartTLS()
 	t.Cleanup(func() {
 		o.mu.Lock()
@@ -102,6 +111,13 @@ func (o *Origin) Ranges() []string {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	return append([]string(nil), o.ranges...)
+}
+
+// Conns is how many connections clients have opened so far.
+func (o *Origin) Conns() int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.conns
 }
 
 // Sum is the hex SHA-256 of the generated file of size bytes.
