@@ -11,6 +11,7 @@ package agent
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"os"
@@ -49,6 +50,16 @@ type Config struct {
 	CheckpointInterval time.Duration // default 1 s
 	CheckpointBytes    int64         // default 64 MiB
 	Client             download.ClientOptions
+	// ClientCerts releases a job's client certificate from certvault when
+	// an origin asks for one; nil: jobs with a certificate fail like jobs
+	// without one.
+	ClientCerts ClientCerts
+}
+
+// ClientCerts fetches the client certificate of a job this agent holds the
+// lease of, just in time (certvault's release, bound to its TLS channel).
+type ClientCerts interface {
+	Release(ctx context.Context, jobID string) (*tls.Certificate, error)
 }
 
 func (c *Config) defaults() error {
@@ -268,8 +279,9 @@ func (a *Agent) transfer(ctx context.Context, m jetstream.Msg) {
 	log = log.With().Int("attempt", j.Attempt).Logger()
 	log.Info().Msg("job leased")
 
+	certs := a.clientCertFor(&j) // one release at most per lease
 	for idx := j.NextFile(); idx >= 0; idx = j.NextFile() {
-		err := a.transferFile(jobCtx, &j, idx, log)
+		err := a.transferFile(jobCtx, &j, idx, certs, log)
 		var f *download.Failure
 		switch {
 		case err == nil:
@@ -335,7 +347,7 @@ func (a *Agent) stopJob(id string) {
 }
 
 // transferFile moves file idx of j, chaining every event on j.
-func (a *Agent) transferFile(ctx context.Context, j *job.Job, idx int, log zerolog.Logger) error {
+func (a *Agent) transferFile(ctx context.Context, j *job.Job, idx int, certs download.ClientCertProvider, log zerolog.Logger) error {
 	f := j.Files[idx]
 	rel, err := a.relPath(f.LocalName)
 	if err != nil {
@@ -358,8 +370,8 @@ func (a *Agent) transferFile(ctx context.Context, j *job.Job, idx int, log zerol
 	client := download.NewClient(a.cfg.Client)
 	defer client.CloseIdleConnections()
 	fetchCtx := ctx
-	if p := a.clientCertFor(j); p != nil {
-		fetchCtx = download.WithClientCertificate(ctx, p)
+	if certs != nil {
+		fetchCtx = download.WithClientCertificate(ctx, certs)
 	}
 	// With no provider, an origin that asks for a client certificate fails
 	// the transfer with ERROR_WINHTTP_CLIENT_AUTH_CERT_NEEDED (0x80072F0C)
@@ -384,11 +396,39 @@ func (a *Agent) transferFile(ctx context.Context, j *job.Job, idx int, log zerol
 }
 
 // clientCertFor is the client-certificate provider of j's transfers, nil
-// when the job has none. For now no job has one: the job-certificate model
-// (SetClientCertificateByID, released from certvault inside the TLS
-// callback) is being added separately and will plug in here.
+// when the job names none. The key is released from certvault only when an
+// origin asks for a certificate, at most once per lease, and lives in this
+// closure's memory only while the lease's transfers run.
 func (a *Agent) clientCertFor(j *job.Job) download.ClientCertProvider {
-	return nil
+	if j.ClientCertificate == nil || a.cfg.ClientCerts == nil {
+		return nil
+	}
+	id := j.ID
+	var (
+		mu   sync.Mutex
+		cert *tls.Certificate
+	)
+	return func(cri *tls.CertificateRequestInfo) (*tls.Certificate, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if cert != nil {
+			return cert, nil
+		}
+		c, err := a.cfg.ClientCerts.Release(cri.Context(), id)
+		if err != nil {
+			// certvault unreachable or unavailable: retry later; refused
+			// (lease, state, certificate gone): the job's error.
+			code := job.CodeOf(err)
+			transient := code == job.E_FAIL || code == job.ERROR_SERVICE_UNAVAILABLE
+			if transient {
+				code = job.ERROR_SERVICE_UNAVAILABLE
+			}
+			return nil, &download.Failure{Context: job.ContextRemoteFile, Code: code, Transient: transient,
+				Description: "the origin asked for the job's client certificate and certvault did not release it: " + err.Error(), Err: err}
+		}
+		cert = c
+		return cert, nil
+	}
 }
 
 // fenced runs when a write was refused: the job was suspended, cancelled,
