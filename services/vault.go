@@ -15,6 +15,7 @@ import (
 	"github.com/ferry-dev/ferry/certvault"
 	"github.com/ferry-dev/ferry/certvault/identity"
 	"github.com/ferry-dev/ferry/events"
+	"github.com/ferry-dev/ferry/job/jobstore"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 )
@@ -69,6 +70,7 @@ func vaultServer(ctx context.Context, js jetstream.JetStream, store events.Store
 	}
 	mux := http.NewServeMux()
 	mux.Handle("GET "+identity.SessionPath, auth.SessionHandler())
+	mux.Handle(certvault.ReleasePath, v.ReleaseHandler(auth, &jobstore.Repo{Store: store}))
 	mux.Handle("/", v.Handler(callerOf))
 	tlsCfg := identity.ServerTLSConfig(cert, auth.Roots)
 	tlsCfg.MinVersion = tls.VersionTLS13
