@@ -220,10 +220,17 @@ func StartDev(ctx context.Context, cfg DevConfig, log zerolog.Logger) (_ *Dev, e
 		d.info.DemoOriginURL = "https://localhost:" + strconv.Itoa(originLn.Addr().(*net.TCPAddr).Port)
 	}
 
+	// The agent's own identity: certvault releases job keys to it only.
+	agentCert, err := pki.issue(identity.RoleAgent, cfg.AgentID)
+	if err != nil {
+		return nil, err
+	}
 	ag, err := agent.New(agent.Config{
-		ID: cfg.AgentID, Root: cfg.Root, AckWait: cfg.AckWait, Slots: cfg.Slots,
+		ID: cfg.AgentID, Principal: identity.SPIFFEID{TrustDomain: pki.ca.TrustDomain(), Role: identity.RoleAgent, Name: cfg.AgentID}.String(),
+		Root: cfg.Root, AckWait: cfg.AckWait, Slots: cfg.Slots,
 		CheckpointInterval: cfg.CheckpointInterval,
 		Client:             download.ClientOptions{RootCAs: roots},
+		ClientCerts:        vaultReleases{tls: identity.ClientTLSConfig(agentCert, pki.ca.Pool()), url: d.info.CertvaultURL},
 	}, log, d.nats.JS, store)
 	if err != nil {
 		return nil, err

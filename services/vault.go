@@ -77,3 +77,14 @@ func vaultServer(ctx context.Context, js jetstream.JetStream, store events.Store
 	srv := &http.Server{Handler: auth.Middleware(mux, identity.SessionPath), TLSConfig: tlsCfg}
 	return v, srv, nil
 }
+
+// vaultReleases is an agent's way to its job keys: certvault's release
+// endpoint, reached with the agent's own identity.
+type vaultReleases struct {
+	tls *tls.Config
+	url string
+}
+
+func (v vaultReleases) Release(ctx context.Context, jobID string) (*tls.Certificate, error) {
+	return certvault.Fetch(ctx, v.tls, v.url, jobID)
+}
