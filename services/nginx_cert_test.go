@@ -10,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
-	"time"
 
 	"github.com/ferry-dev/ferry/coordinator"
 	"github.com/ferry-dev/ferry/events"
@@ -25,21 +24,9 @@ import (
 // nginx logs the same SHA-1.
 func TestNginxJobCertificateFromCertvault(t *testing.T) {
 	n, clientCA, content := nginxOrigin(t)
-	root := t.TempDir()
-	d, err := services.StartDev(context.Background(), services.DevConfig{
-		DataDir: t.TempDir(), HTTP: "127.0.0.1:0", Vault: "127.0.0.1:0", NATS: services.NATSConfig{Listen: "none"},
-		Root: root, OriginCAFiles: []string{n.CAFile}, ReconcileInterval: 200 * time.Millisecond,
-		CheckpointInterval: 20 * time.Millisecond, AckWait: 2 * time.Second,
-	}, testLogger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = d.Close() })
+	s := startStack(t, n.CAFile)
+	root, d, api := s.root, s.dev, s.client
 	ctx := context.Background()
-	api, err := services.Discover(services.ClientConfig{DataDir: d.Info().DataDir})
-	if err != nil {
-		t.Fatal(err)
-	}
 	vault, err := services.Discover(services.ClientConfig{Service: "certvault", DataDir: d.Info().DataDir})
 	if err != nil {
 		t.Fatal(err)
@@ -72,7 +59,6 @@ func TestNginxJobCertificateFromCertvault(t *testing.T) {
 	if _, err := api.Action(ctx, j.ID, "resume"); err != nil {
 		t.Fatal(err)
 	}
-	s := &stack{t: t, dev: d, client: api, root: root}
 	got := s.until(j.ID, "TRANSFERRED or ERROR", func(j *job.Job) bool { return j.State == job.Transferred || j.State == job.Errored })
 	if got.State != job.Transferred {
 		t.Fatalf("job %s: %+v\nnginx: %s", got.State, got.Error, n.ErrorLog())

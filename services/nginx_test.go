@@ -18,7 +18,6 @@ import (
 	"github.com/ferry-dev/ferry/agent/download"
 	"github.com/ferry-dev/ferry/events"
 	"github.com/ferry-dev/ferry/job"
-	"github.com/ferry-dev/ferry/services"
 	"github.com/ferry-dev/ferry/services/servicestest"
 )
 
@@ -46,25 +45,7 @@ func nginxOrigin(t *testing.T) (*servicestest.Nginx, *servicestest.CA, []byte) {
 // optional.
 func TestNginxJobWithoutCertificateFails(t *testing.T) {
 	n, _, _ := nginxOrigin(t)
-	root := t.TempDir()
-	d, err := services.StartDev(context.Background(), services.DevConfig{
-		DataDir: t.TempDir(), HTTP: "127.0.0.1:0", Vault: "127.0.0.1:0", NATS: services.NATSConfig{Listen: "none"},
-		Root: root, OriginCAFiles: []string{n.CAFile}, ReconcileInterval: 200 * time.Millisecond,
-		CheckpointInterval: 20 * time.Millisecond, AckWait: 2 * time.Second,
-	}, testLogger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := d.Close(); err != nil {
-			t.Errorf("close: %v", err)
-		}
-	})
-	c, err := services.Discover(services.ClientConfig{Addr: d.Info().CoordinatorURL, DataDir: d.Info().DataDir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := &stack{t: t, dev: d, client: c, root: root}
+	s := startStack(t, n.CAFile)
 
 	for _, tc := range []struct{ name, url string }{
 		{"verify on", n.OnURL + "/file.bin"},

@@ -28,10 +28,19 @@ type stack struct {
 func newStack(t *testing.T) *stack {
 	t.Helper()
 	o := servicestest.NewOrigin(t)
+	s := startStack(t, o.CAFile)
+	s.origin = o
+	return s
+}
+
+// startStack starts an in-process dev stack whose agent trusts the origin
+// CAs in caFiles, with short timings for tests.
+func startStack(t *testing.T, caFiles ...string) *stack {
+	t.Helper()
 	root := t.TempDir()
 	d, err := services.StartDev(context.Background(), services.DevConfig{
 		DataDir: t.TempDir(), HTTP: "127.0.0.1:0", Vault: "127.0.0.1:0", NATS: services.NATSConfig{Listen: "none"},
-		Root: root, OriginCAFiles: []string{o.CAFile}, ReconcileInterval: 200 * time.Millisecond,
+		Root: root, OriginCAFiles: caFiles, ReconcileInterval: 200 * time.Millisecond,
 		CheckpointInterval: 20 * time.Millisecond, AckWait: 2 * time.Second,
 	}, testLogger(t))
 	if err != nil {
@@ -46,7 +55,7 @@ func newStack(t *testing.T) *stack {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &stack{t: t, dev: d, client: c, origin: o, root: root}
+	return &stack{t: t, dev: d, client: c, root: root}
 }
 
 // testLogger sends the stack's log to the test's log (shown on failure or
