@@ -263,16 +263,14 @@ func (a *Agent) transfer(ctx context.Context, m jetstream.Msg) {
 	defer release()
 
 	var j job.Job
-	if _, err := a.repo.Execute(ctx, cmd.JobID, job.Lease{Agent: a.cfg.ID, DispatchSeq: cmd.JobSeq}, a.meta(), nil); err != nil {
+	// Execute loads the job into j (it is zero) and leaves it at the state
+	// after the lease: every later write chains on it, no second load.
+	if _, err := a.repo.Execute(ctx, cmd.JobID, job.Lease{Agent: a.cfg.ID, DispatchSeq: cmd.JobSeq}, a.meta(), &j); err != nil {
 		if lostLease(err) {
 			log.Debug().Err(err).Msg("nothing to do for this dispatch")
 			ack(m)
 			return
 		}
-		a.handBack(ctx, m, log, err)
-		return
-	}
-	if j, err = a.repo.Load(ctx, cmd.JobID); err != nil {
 		a.handBack(ctx, m, log, err)
 		return
 	}
