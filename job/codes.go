@@ -72,6 +72,14 @@ var (
 	BG_E_TOO_MANY_RANGES_IN_FILE  = Code{"BG_E_TOO_MANY_RANGES_IN_FILE", 0x80200052, http.StatusBadRequest, "The file has too many ranges."}
 	BG_E_VALIDATION_FAILED        = Code{"BG_E_VALIDATION_FAILED", 0x80200053, http.StatusUnprocessableEntity, "The file content failed validation."}
 	BG_E_MAXDOWNLOAD_TIMEOUT      = Code{"BG_E_MAXDOWNLOAD_TIMEOUT", 0x80200054, http.StatusGatewayTimeout, "The job did not finish within its maximum download time."}
+	BG_E_INSUFFICIENT_HTTP        = Code{"BG_E_INSUFFICIENT_HTTP_SUPPORT", 0x80200012, http.StatusBadGateway, "The server does not support HTTP 1.1."}
+	BG_E_PROXY_LIST_TOO_LARGE     = Code{"BG_E_PROXY_LIST_TOO_LARGE", 0x80200018, http.StatusBadRequest, "The HTTP proxy list is too long."}
+	BG_E_PROXY_BYPASS_TOO_LARGE   = Code{"BG_E_PROXY_BYPASS_LIST_TOO_LARGE", 0x80200019, http.StatusBadRequest, "The HTTP proxy bypass list is too long."}
+	BG_E_TOO_LARGE                = Code{"BG_E_TOO_LARGE", 0x80200020, http.StatusUnprocessableEntity, "The file is larger than the job allows."}
+	BG_E_READ_ONLY_AFTER_ADDFILE  = Code{"BG_E_READ_ONLY_PROPERTY_AFTER_ADDFILE", 0x80200061, http.StatusConflict, "The property cannot be changed after files were added to the job."}
+	BG_E_READ_ONLY_AFTER_RESUME   = Code{"BG_E_READ_ONLY_PROPERTY_AFTER_RESUME", 0x80200062, http.StatusConflict, "The property cannot be changed after the job was first resumed."}
+	BG_E_RANDOM_ACCESS_NOT_SUPP   = Code{"BG_E_RANDOM_ACCESS_NOT_SUPPORTED", 0x8020006D, http.StatusBadRequest, "Ranges are not supported for this job."}
+	BG_E_REMOTE_FILE_CHANGED      = Code{"BG_E_REMOTE_FILE_CHANGED", 0x80200073, http.StatusConflict, "The remote file changed during the transfer."}
 
 	// WinHTTP errors (HRESULT_FROM_WIN32 of the 12xxx codes).
 	ERROR_WINHTTP_TIMEOUT               = Code{"ERROR_WINHTTP_TIMEOUT", 0x80072EE2, http.StatusGatewayTimeout, "The operation timed out."}
@@ -131,6 +139,8 @@ var allCodes = []Code{
 	BG_E_INVALID_AUTH_SCHEME, BG_E_INVALID_RANGE, BG_E_OVERLAPPING_RANGES, BG_E_BLOCKED_BY_POLICY,
 	BG_E_TOO_MANY_JOBS_PER_USER, BG_E_TOO_MANY_JOBS_PER_MACH, BG_E_TOO_MANY_FILES_IN_JOB,
 	BG_E_TOO_MANY_RANGES_IN_FILE, BG_E_VALIDATION_FAILED, BG_E_MAXDOWNLOAD_TIMEOUT,
+	BG_E_INSUFFICIENT_HTTP, BG_E_PROXY_LIST_TOO_LARGE, BG_E_PROXY_BYPASS_TOO_LARGE, BG_E_TOO_LARGE,
+	BG_E_READ_ONLY_AFTER_ADDFILE, BG_E_READ_ONLY_AFTER_RESUME, BG_E_RANDOM_ACCESS_NOT_SUPP, BG_E_REMOTE_FILE_CHANGED,
 	ERROR_WINHTTP_TIMEOUT, ERROR_WINHTTP_INVALID_URL, ERROR_WINHTTP_UNRECOGNIZED_SCHEME,
 	ERROR_WINHTTP_NAME_NOT_RESOLVED, ERROR_WINHTTP_CANNOT_CONNECT, ERROR_WINHTTP_CONNECTION_ERROR,
 	ERROR_WINHTTP_SECURE_CERT_DATE, ERROR_WINHTTP_SECURE_CERT_CN, ERROR_WINHTTP_CLIENT_AUTH_CERT_NEED,
