@@ -33,12 +33,75 @@ const (
 type FileSpec struct {
 	RemoteURL string `json:"remote_url"`
 	LocalName string `json:"local_name"`
+	// Ranges (AddFileWithRanges) are the parts of the remote file to fetch,
+	// concatenated in this order into the local file. None: the whole file.
+	Ranges []FileRange `json:"ranges,omitempty"`
+	// SHA256 is the expected digest of the local file (64 lower-case hex
+	// digits); a mismatch fails the job with BG_E_VALIDATION_FAILED.
+	SHA256 string `json:"sha256,omitempty"`
+}
+
+// FileRange is BG_FILE_RANGE: Length -1 is BG_LENGTH_TO_EOF.
+type FileRange struct {
+	Offset int64 `json:"offset"`
+	Length int64 `json:"length"`
 }
 
 // RetryPolicy is the BITS retry policy of a job, in seconds.
 type RetryPolicy struct {
 	MinimumRetryDelaySec int64 `json:"minimum_retry_delay_s"`
 	NoProgressTimeoutSec int64 `json:"no_progress_timeout_s"`
+	// MaxDownloadTimeSec bounds the time the job spends CONNECTING or
+	// TRANSFERRING (SetMaximumDownloadTime); 0 means no limit.
+	MaxDownloadTimeSec int64 `json:"max_download_time_s,omitempty"`
+}
+
+// JobOptions are the job's HTTP options and BITS job properties
+// (IBackgroundCopyJobHttpOptions, BITS_JOB_PROPERTY_ID_*). They never hold
+// secrets: write-only custom headers live in certvault and appear here by
+// name only.
+type JobOptions struct {
+	// Dynamic is DYNAMIC_CONTENT: no Range or size needed, an interruption
+	// restarts the file from zero.
+	Dynamic bool `json:"dynamic_content,omitempty"`
+	// MaxDownloadSize is MAX_DOWNLOAD_SIZE in bytes (0: no limit).
+	MaxDownloadSize int64 `json:"max_download_size,omitempty"`
+	// IgnoreCertErrors are the BG_SSL_IGNORE_* flags the owner opted into:
+	// "CERT_CN_INVALID", "CERT_DATE_INVALID", "UNKNOWN_CA", "CERT_WRONG_USAGE".
+	IgnoreCertErrors []string `json:"ignore_cert_errors,omitempty"`
+	// RedirectPolicy is BG_HTTP_REDIRECT_POLICY_*: "ALLOW_SILENT" (default,
+	// empty), "ALLOW_REPORT" or "DISALLOW".
+	RedirectPolicy string `json:"redirect_policy,omitempty"`
+	// AllowHTTPSToHTTP is BG_HTTP_REDIRECT_POLICY_ALLOW_HTTPS_TO_HTTP.
+	AllowHTTPSToHTTP bool `json:"allow_https_to_http,omitempty"`
+	// AnonymousClientAuth lets the job answer an origin's optional request
+	// for a client certificate with none, instead of failing with
+	// ERROR_WINHTTP_CLIENT_AUTH_CERT_NEEDED as BITS does.
+	AnonymousClientAuth bool `json:"anonymous_client_auth,omitempty"`
+	// Proxy is SetProxySettings; nil is PRECONFIG.
+	Proxy *ProxySettings `json:"proxy,omitempty"`
+	// CustomHeaders are sent on every request (SetCustomHeaders), one
+	// "Name: value" per element.
+	CustomHeaders []string `json:"custom_headers,omitempty"`
+	// WriteOnlyHeaders names the custom headers whose values were made
+	// write-only (MakeCustomHeadersWriteOnly): certvault keeps the values.
+	WriteOnlyHeaders []string `json:"write_only_headers,omitempty"`
+	// Notify is SetNotifyFlags plus the HTTPS webhook that receives them.
+	Notify *NotifySettings `json:"notify,omitempty"`
+}
+
+// ProxySettings is BG_JOB_PROXY_USAGE with its lists.
+type ProxySettings struct {
+	Usage  string   `json:"usage"` // PRECONFIG, NO_PROXY, OVERRIDE, AUTODETECT
+	List   []string `json:"list,omitempty"`
+	Bypass []string `json:"bypass,omitempty"`
+}
+
+// NotifySettings is the job's notification flags (BG_NOTIFY_* names) and the
+// HTTPS URL they are delivered to.
+type NotifySettings struct {
+	Flags []string `json:"flags"`
+	URL   string   `json:"url"`
 }
 
 // ErrorInfo is the BITS error of a job (IBackgroundCopyError): the context, the
@@ -63,6 +126,7 @@ type JobCreated struct {
 	Priority    string      `json:"priority"`
 	Pool        string      `json:"pool"`
 	RetryPolicy RetryPolicy `json:"retry_policy"`
+	Options     JobOptions  `json:"options"`
 }
 
 // FilesAdded appends files to the job, in order, after the files it has.
@@ -77,10 +141,16 @@ type JobModified struct {
 	Description *string      `json:"description,omitempty"`
 	Priority    *string      `json:"priority,omitempty"`
 	RetryPolicy *RetryPolicy `json:"retry_policy,omitempty"`
+	// Options, when present, are all of the job's options after the change.
+	Options *JobOptions `json:"options,omitempty"`
+	// Reason is empty for an owner's change, "ownership-changed" when
+	// TakeOwnership removed the previous owner's custom headers.
+	Reason string `json:"reason,omitempty"`
 }
 
-// JobQueued moves the job to QUEUED: a user resumed it, or a retry delay
-// elapsed. Reason is "resume", "retry" or "requeue".
+// JobQueued moves the job to QUEUED: a user resumed it, a retry delay
+// elapsed, or the agent yielded it to higher-priority work. Reason is
+// "resume", "retry", "requeue" or "preempted".
 type JobQueued struct {
 	Reason string `json:"reason"`
 }
@@ -133,6 +203,13 @@ type FileTransferred struct {
 	ETag      string `json:"etag,omitempty"`
 	// LastModified is the origin's Last-Modified header, verbatim.
 	LastModified string `json:"last_modified,omitempty"`
+	// ResponseHeaders are headers of the last response for the file
+	// (BITS_FILE_PROPERTY_ID_HTTP_RESPONSE_HEADERS): ETag, Last-Modified,
+	// Content-Length, Content-Type, Content-Range, Content-Encoding.
+	ResponseHeaders map[string]string `json:"response_headers,omitempty"`
+	// FinalURL is where redirects led, when the job's redirect policy is
+	// ALLOW_REPORT (query removed).
+	FinalURL string `json:"final_url,omitempty"`
 }
 
 // JobTransferred: every file is staged; the job waits for Complete.
@@ -149,6 +226,12 @@ type JobTransientError struct {
 type JobFailed struct {
 	Error ErrorInfo `json:"error"`
 }
+
+// Reasons of JobCancelled.
+const (
+	CancelledByUser     = ""
+	CancelledInactivity = "inactivity" // JobInactivityTimeout
+)
 
 // JobCompleteRequested: the owner called Complete; the agent holding the files
 // renames the finished ones to their final names.
@@ -174,6 +257,9 @@ type JobCompleteFailed struct {
 // staged files must be deleted ("" if none).
 type JobCancelled struct {
 	Agent string `json:"agent,omitempty"`
+	// Reason is empty when a user cancelled the job, "inactivity" when
+	// JobInactivityTimeout did.
+	Reason string `json:"reason,omitempty"`
 }
 
 // JobFilesDeleted: the agent deleted the job's temporary files after Cancel.

@@ -106,6 +106,12 @@ func decideTakeOwnership(j *Job, c TakeOwnership) ([]events.Payload, error) {
 		// BITS: the certificate is removed when the job changes owner.
 		out = append(out, &events.ClientCertificateRemoved{Reason: events.CertRemovedOwnershipMoved})
 	}
+	if len(j.Options.CustomHeaders) > 0 || len(j.Options.WriteOnlyHeaders) > 0 {
+		// BITS: so are the custom headers (they may carry credentials).
+		opts := cloneOptions(j.Options)
+		opts.CustomHeaders, opts.WriteOnlyHeaders = nil, nil
+		out = append(out, &events.JobModified{Options: &opts, Reason: events.CertRemovedOwnershipMoved})
+	}
 	return out, nil
 }
 

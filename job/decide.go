@@ -2,6 +2,8 @@ package job
 
 import (
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/ferry-dev/ferry/events"
@@ -13,7 +15,11 @@ type Command interface{ commandName() string }
 
 // Limits bound what users may ask. Zero values mean the defaults.
 type Limits struct {
-	MaxFilesPerJob int
+	MaxFilesPerJob   int
+	MaxRangesPerFile int
+	// MaxJobsPerUser bounds the jobs a user has that are not final
+	// (BG_E_TOO_MANY_JOBS_PER_USER); the coordinator counts them.
+	MaxJobsPerUser int
 }
 
 func (l Limits) maxFiles() int {
@@ -21,6 +27,21 @@ func (l Limits) maxFiles() int {
 		return DefaultMaxFilesPerJob
 	}
 	return l.MaxFilesPerJob
+}
+
+func (l Limits) maxRanges() int {
+	if l.MaxRangesPerFile <= 0 {
+		return DefaultMaxRangesPerFile
+	}
+	return l.MaxRangesPerFile
+}
+
+// JobsPerUser is MaxJobsPerUser or its default.
+func (l Limits) JobsPerUser() int {
+	if l.MaxJobsPerUser <= 0 {
+		return DefaultMaxJobsPerUser
+	}
+	return l.MaxJobsPerUser
 }
 
 // User commands.
@@ -36,8 +57,11 @@ type (
 		// Nil means the default; values below the 5 s floor are raised.
 		MinimumRetryDelay *time.Duration
 		NoProgressTimeout *time.Duration
-		Files             []events.FileSpec
-		Limits            Limits
+		// Nil means DefaultMaxDownloadTime; 0 means no limit.
+		MaxDownloadTime *time.Duration
+		Options         *OptionsPatch
+		Files           []events.FileSpec
+		Limits          Limits
 	}
 	// AddFiles appends files (AddFile / AddFileSet).
 	AddFiles struct {
@@ -51,6 +75,8 @@ type (
 		Priority          *Priority
 		MinimumRetryDelay *time.Duration
 		NoProgressTimeout *time.Duration
+		MaxDownloadTime   *time.Duration
+		Options           *OptionsPatch
 	}
 	Resume   struct{}
 	Suspend  struct{}
@@ -92,6 +118,9 @@ type (
 		TempName     string
 		ETag         string
 		LastModified string
+		// ResponseHeaders and FinalURL: see events.FileTransferred.
+		ResponseHeaders map[string]string
+		FinalURL        string
 	}
 	// Fail reports a failure of the current attempt. Transient failures go to
 	// TRANSIENT_ERROR (or ERROR once NoProgressTimeout has run out).
@@ -116,7 +145,22 @@ type (
 		Agent     string
 		Undeleted []string
 	}
+	// Yield gives the job back to the queue: its agent preempted it for
+	// higher-priority work (BITS: the time slice ended). The staged files
+	// stay where they are.
+	Yield struct {
+		Agent string
+	}
 )
+
+// Timeout is the clock's command: it applies whatever deadline of the job
+// has passed at now (JobInactivityTimeout, MaxDownloadTime,
+// NoProgressTimeout of a TRANSIENT_ERROR job). Nothing due: no events.
+type Timeout struct {
+	// InactivityTimeout cancels a job not modified for that long (0: the
+	// default, negative: never).
+	InactivityTimeout time.Duration
+}
 
 func (Create) commandName() string            { return "create" }
 func (AddFiles) commandName() string          { return "add-files" }
@@ -134,6 +178,8 @@ func (Fail) commandName() string              { return "fail" }
 func (CompleteDone) commandName() string      { return "complete-done" }
 func (CompleteFailed) commandName() string    { return "complete-failed" }
 func (FilesDeleted) commandName() string      { return "files-deleted" }
+func (Yield) commandName() string             { return "yield" }
+func (Timeout) commandName() string           { return "time out" }
 
 // CommandName names a command for logs and errors.
 func CommandName(c Command) string { return c.commandName() }
@@ -159,10 +205,11 @@ func Decide(j *Job, c Command, now time.Time) ([]events.Payload, error) {
 		if j.PendingComplete {
 			return nil, invalidState(j, c)
 		}
-		if err := checkFiles(c.Files, len(j.Files), c.Limits, false); err != nil {
+		files, err := checkFiles(c.Files, len(j.Files), c.Limits, false, j.Options.Dynamic)
+		if err != nil {
 			return nil, err
 		}
-		return one(&events.FilesAdded{Files: c.Files}), nil
+		return one(&events.FilesAdded{Files: files}), nil
 	case Modify:
 		return decideModify(j, c)
 	case Resume:
@@ -178,7 +225,7 @@ func Decide(j *Job, c Command, now time.Time) ([]events.Payload, error) {
 		if j.State.Active() || (j.State == Transferred && j.NextFile() < 0) {
 			return nil, nil
 		}
-		return one(&events.JobQueued{Reason: "resume"}), nil
+		return one(&events.JobQueued{Reason: QueuedResume}), nil
 	case Suspend:
 		if err := notFinal(j, c); err != nil {
 			return nil, err
@@ -195,6 +242,13 @@ func Decide(j *Job, c Command, now time.Time) ([]events.Payload, error) {
 			return nil, err
 		}
 		return one(&events.JobCancelled{Agent: j.FilesAgent}), nil
+	case Timeout:
+		return decideTimeout(j, c, now), nil
+	case Yield:
+		if err := holds(j, c.Agent, c); err != nil {
+			return nil, err
+		}
+		return one(&events.JobQueued{Reason: QueuedPreempted}), nil
 	case Complete:
 		if err := notFinal(j, c); err != nil {
 			return nil, err
@@ -252,7 +306,8 @@ func Decide(j *Job, c Command, now time.Time) ([]events.Payload, error) {
 			return nil, nil
 		}
 		out := []events.Payload{&events.FileTransferred{FileIndex: c.FileIndex, Bytes: c.Bytes,
-			SHA256: c.SHA256, TempName: c.TempName, ETag: c.ETag, LastModified: c.LastModified}}
+			SHA256: c.SHA256, TempName: c.TempName, ETag: c.ETag, LastModified: c.LastModified,
+			ResponseHeaders: c.ResponseHeaders, FinalURL: c.FinalURL}}
 		if lastPending(j, c.FileIndex) {
 			out = append(out, &events.JobTransferred{})
 		}
@@ -334,19 +389,26 @@ func decideCreate(j *Job, c Create) ([]events.Payload, error) {
 	rp := events.RetryPolicy{
 		MinimumRetryDelaySec: int64(DefaultMinimumRetryDelay / time.Second),
 		NoProgressTimeoutSec: int64(DefaultNoProgressTimeout / time.Second),
+		MaxDownloadTimeSec:   int64(DefaultMaxDownloadTime / time.Second),
 	}
-	if err := applyRetry(&rp, c.MinimumRetryDelay, c.NoProgressTimeout); err != nil {
+	if err := applyRetry(&rp, c.MinimumRetryDelay, c.NoProgressTimeout, c.MaxDownloadTime); err != nil {
 		return nil, err
 	}
-	if err := checkFiles(c.Files, 0, c.Limits, true); err != nil {
+	opts, err := applyOptions(events.JobOptions{}, c.Options, false, nil)
+	if err != nil {
+		return nil, err
+	}
+	files, err := checkFiles(c.Files, 0, c.Limits, true, opts.Dynamic)
+	if err != nil {
 		return nil, err
 	}
 	out := []events.Payload{&events.JobCreated{
 		JobID: c.JobID, DisplayName: c.DisplayName, Description: c.Description,
 		JobType: TypeDownload, Owner: c.Owner, Priority: string(prio), Pool: pool, RetryPolicy: rp,
+		Options: opts,
 	}}
-	if len(c.Files) > 0 {
-		out = append(out, &events.FilesAdded{Files: c.Files})
+	if len(files) > 0 {
+		out = append(out, &events.FilesAdded{Files: files})
 	}
 	return out, nil
 }
@@ -379,13 +441,22 @@ func decideModify(j *Job, c Modify) ([]events.Payload, error) {
 			ev.Priority, changed = &s, true
 		}
 	}
-	if c.MinimumRetryDelay != nil || c.NoProgressTimeout != nil {
+	if c.MinimumRetryDelay != nil || c.NoProgressTimeout != nil || c.MaxDownloadTime != nil {
 		rp := j.RetryPolicy
-		if err := applyRetry(&rp, c.MinimumRetryDelay, c.NoProgressTimeout); err != nil {
+		if err := applyRetry(&rp, c.MinimumRetryDelay, c.NoProgressTimeout, c.MaxDownloadTime); err != nil {
 			return nil, err
 		}
 		if rp != j.RetryPolicy {
 			ev.RetryPolicy, changed = &rp, true
+		}
+	}
+	if !c.Options.Empty() {
+		opts, err := applyOptions(j.Options, c.Options, j.Resumed, j.Files)
+		if err != nil {
+			return nil, err
+		}
+		if !OptionsEqual(opts, j.Options) {
+			ev.Options, changed = &opts, true
 		}
 	}
 	if !changed {
@@ -394,7 +465,16 @@ func decideModify(j *Job, c Modify) ([]events.Payload, error) {
 	return one(ev), nil
 }
 
-func applyRetry(rp *events.RetryPolicy, minDelay, noProgress *time.Duration) error {
+func applyRetry(rp *events.RetryPolicy, minDelay, noProgress, maxDownload *time.Duration) error {
+	if maxDownload != nil {
+		if *maxDownload < 0 {
+			return Errorf(E_INVALIDARG, "maximum download time must not be negative (0 means no limit)")
+		}
+		rp.MaxDownloadTimeSec = int64(*maxDownload / time.Second)
+		if *maxDownload > 0 && rp.MaxDownloadTimeSec == 0 {
+			rp.MaxDownloadTimeSec = 1
+		}
+	}
 	if minDelay != nil {
 		if *minDelay < 0 {
 			return Errorf(E_INVALIDARG, "minimum retry delay must not be negative")
@@ -419,30 +499,160 @@ func decideLease(j *Job, c Lease, now time.Time) ([]events.Payload, error) {
 	case j.State.Active() && !j.PendingComplete:
 		// QUEUED, or a takeover of an attempt whose agent went away.
 		return one(lease), nil
-	case j.State == TransientError && j.RetryAt != nil && !now.Before(*j.RetryAt):
-		return []events.Payload{&events.JobQueued{Reason: "retry"}, lease}, nil
+	case j.State == TransientError && j.RetryAt != nil && !now.Before(*j.RetryAt) && !j.noProgressExpired(now):
+		return []events.Payload{&events.JobQueued{Reason: QueuedRetry}, lease}, nil
 	}
 	return nil, invalidState(j, c)
 }
 
-func checkFiles(files []events.FileSpec, have int, l Limits, allowEmpty bool) error {
+// checkFiles validates files to add and returns them normalized (digests in
+// lower case).
+func checkFiles(files []events.FileSpec, have int, l Limits, allowEmpty, dynamic bool) ([]events.FileSpec, error) {
 	if len(files) == 0 && !allowEmpty {
-		return Errorf(RPC_X_NULL_REF_POINTER, "no files given")
+		return nil, Errorf(RPC_X_NULL_REF_POINTER, "no files given")
 	}
 	if have+len(files) > l.maxFiles() {
-		return Errorf(BG_E_TOO_MANY_FILES_IN_JOB, "a job holds at most %d files (it has %d, %d more asked)", l.maxFiles(), have, len(files))
+		return nil, Errorf(BG_E_TOO_MANY_FILES_IN_JOB, "a job holds at most %d files (it has %d, %d more asked)", l.maxFiles(), have, len(files))
 	}
+	out := make([]events.FileSpec, len(files))
 	for i, f := range files {
-		if err := ValidateFile(f); err != nil {
+		err := ValidateFile(f)
+		if err == nil && f.Ranges != nil {
+			switch {
+			case len(f.Ranges) == 0:
+				err = Errorf(E_INVALIDARG, "ranges: at least one range is required (omit ranges for the whole file)")
+			case dynamic:
+				err = Errorf(BG_E_RANDOM_ACCESS_NOT_SUPP, "a job with dynamic content cannot fetch ranges")
+			default:
+				err = validateRanges(f.Ranges, l.maxRanges())
+			}
+		}
+		if err == nil && f.SHA256 != "" {
+			f.SHA256 = strings.ToLower(f.SHA256)
+			if !isLowerHex(f.SHA256, 64) {
+				err = Errorf(E_INVALIDARG, "sha256 must be 64 hex digits")
+			}
+		}
+		if err != nil {
 			if e, ok := err.(*Error); ok {
 				e.Detail = fmt.Sprintf("file %d: %s", have+i, e.Detail)
 			}
-			return err
+			return nil, err
 		}
+		f.Ranges = slices.Clone(f.Ranges)
+		out[i] = f
 	}
-	return nil
+	return out, nil
 }
 
+// Reasons of JobQueued.
+const (
+	QueuedResume    = "resume"
+	QueuedRetry     = "retry"
+	QueuedRequeue   = "requeue"
+	QueuedPreempted = "preempted"
+)
+
+// decideTimeout applies the earliest deadline that has passed at now (a
+// clock that was down applies them in the order they fell due, one per call).
+func decideTimeout(j *Job, c Timeout, now time.Time) []events.Payload {
+	if j.State.Final() {
+		return nil
+	}
+	kind, at := j.nextDeadline(c)
+	if at.IsZero() || now.Before(at) {
+		return nil
+	}
+	switch kind {
+	case deadlineInactivity:
+		return one(&events.JobCancelled{Agent: j.FilesAgent, Reason: events.CancelledInactivity})
+	case deadlineMaxDownload:
+		max := time.Duration(j.RetryPolicy.MaxDownloadTimeSec) * time.Second
+		return one(&events.JobFailed{Error: events.ErrorInfo{Context: ContextGeneralQueueManager,
+			Code: BG_E_MAXDOWNLOAD_TIMEOUT.Symbol, HResult: BG_E_MAXDOWNLOAD_TIMEOUT.HResultString(),
+			Description: fmt.Sprintf("the job spent its maximum download time (%s) connecting and transferring", max),
+			FileIndex:   j.CurrentFile}})
+	default: // deadlineNoProgress
+		e := events.ErrorInfo{Context: ContextGeneralQueueManager, FileIndex: -1}
+		if j.Error != nil {
+			e = *j.Error
+		}
+		noProgress := time.Duration(j.RetryPolicy.NoProgressTimeoutSec) * time.Second
+		e.Description = fmt.Sprintf("%s (no progress for %s: NoProgressTimeout reached)", e.Description, noProgress)
+		return one(&events.JobFailed{Error: e})
+	}
+}
+
+type deadlineKind int
+
+const (
+	deadlineInactivity deadlineKind = iota
+	deadlineMaxDownload
+	deadlineNoProgress
+)
+
+func (c Timeout) inactivity() time.Duration {
+	switch {
+	case c.InactivityTimeout == 0:
+		return DefaultJobInactivityTimeout
+	case c.InactivityTimeout < 0:
+		return 0
+	}
+	return c.InactivityTimeout
+}
+
+// maxDownloadDeadline is when MaxDownloadTime runs out, while the job is
+// CONNECTING or TRANSFERRING.
+func (j *Job) maxDownloadDeadline() (time.Time, bool) {
+	if j.RetryPolicy.MaxDownloadTimeSec <= 0 || j.ActiveSince == nil || j.PendingComplete {
+		return time.Time{}, false
+	}
+	max := time.Duration(j.RetryPolicy.MaxDownloadTimeSec) * time.Second
+	return j.ActiveSince.Add(max - j.DownloadTime), true
+}
+
+// noProgressDeadline is when a TRANSIENT_ERROR job turns to ERROR.
+func (j *Job) noProgressDeadline() (time.Time, bool) {
+	if j.State != TransientError || j.RetryPolicy.NoProgressTimeoutSec <= 0 {
+		return time.Time{}, false
+	}
+	return j.LastProgress.Add(time.Duration(j.RetryPolicy.NoProgressTimeoutSec) * time.Second), true
+}
+
+func (j *Job) noProgressExpired(now time.Time) bool {
+	at, ok := j.noProgressDeadline()
+	return ok && !now.Before(at)
+}
+
+// NextDeadline is the earliest time at which Timeout would change the job
+// (zero: none). The clock that drives Timeout sleeps until then.
+func (j *Job) NextDeadline(c Timeout) time.Time {
+	_, at := j.nextDeadline(c)
+	return at
+}
+
+func (j *Job) nextDeadline(c Timeout) (deadlineKind, time.Time) {
+	if j.State.Final() || !j.Exists() {
+		return 0, time.Time{}
+	}
+	var (
+		next time.Time
+		kind deadlineKind
+	)
+	consider := func(k deadlineKind, t time.Time, ok bool) {
+		if ok && (next.IsZero() || t.Before(next)) {
+			next, kind = t, k
+		}
+	}
+	if inactivity := c.inactivity(); inactivity > 0 {
+		consider(deadlineInactivity, j.Times.Modification.Add(inactivity), true)
+	}
+	at, ok := j.maxDownloadDeadline()
+	consider(deadlineMaxDownload, at, ok)
+	at, ok = j.noProgressDeadline()
+	consider(deadlineNoProgress, at, ok)
+	return kind, next
+}
 func notFinal(j *Job, c Command) error {
 	if j.State.Final() {
 		return invalidState(j, c)

@@ -33,12 +33,17 @@ func Apply(j *Job, p events.Payload, t time.Time) error {
 		*j = Job{
 			ID: e.JobID, DisplayName: e.DisplayName, Description: e.Description,
 			Type: e.JobType, Owner: e.Owner, Pool: e.Pool, State: Suspended,
-			Priority: Priority(e.Priority), RetryPolicy: e.RetryPolicy,
+			Priority: Priority(e.Priority), RetryPolicy: e.RetryPolicy, Options: cloneOptions(e.Options),
 			Files: []File{}, Times: Times{Creation: t}, LastProgress: t, Version: j.Version,
 		}
 	case *events.FilesAdded:
 		for _, f := range e.Files {
-			j.Files = append(j.Files, File{RemoteURL: f.RemoteURL, LocalName: f.LocalName, BytesTotal: SizeUnknown})
+			total := SizeUnknown
+			if len(f.Ranges) > 0 {
+				total = RangesTotal(f.Ranges)
+			}
+			j.Files = append(j.Files, File{RemoteURL: f.RemoteURL, LocalName: f.LocalName, BytesTotal: total,
+				Ranges: append([]events.FileRange(nil), f.Ranges...), ExpectedSHA256: f.SHA256})
 		}
 	case *events.JobModified:
 		if e.DisplayName != nil {
@@ -53,13 +58,18 @@ func Apply(j *Job, p events.Payload, t time.Time) error {
 		if e.RetryPolicy != nil {
 			j.RetryPolicy = *e.RetryPolicy
 		}
+		if e.Options != nil {
+			j.Options = cloneOptions(*e.Options)
+		}
 	case *events.JobQueued:
+		j.stopClock(t)
 		j.State, j.Agent, j.RetryAt, j.Error = Queued, "", nil, nil
-		if e.Reason == "resume" {
-			// Resume restarts the no-progress clock.
-			j.LastProgress = t
+		if e.Reason == QueuedResume {
+			// Resume restarts the no-progress clock and the download time.
+			j.LastProgress, j.DownloadTime, j.Resumed = t, 0, true
 		}
 	case *events.JobSuspended:
+		j.stopClock(t)
 		j.State, j.Agent, j.RetryAt = Suspended, "", nil
 	case *events.JobLeased:
 		if j.FilesAgent != "" && j.FilesAgent != e.Agent {
@@ -77,12 +87,14 @@ func Apply(j *Job, p events.Payload, t time.Time) error {
 			return err
 		}
 		j.State, j.CurrentFile = Connecting, e.FileIndex
+		j.startClock(t)
 	case *events.JobTransferring:
 		if err := checkIndex(j, e.FileIndex); err != nil {
 			return err
 		}
 		f := &j.Files[e.FileIndex]
 		j.State, j.CurrentFile = Transferring, e.FileIndex
+		j.startClock(t)
 		f.BytesTotal, f.BytesTransferred = e.BytesTotal, e.Offset
 		if e.Offset > 0 || e.Restarted != "" {
 			j.LastProgress = t
@@ -103,24 +115,29 @@ func Apply(j *Job, p events.Payload, t time.Time) error {
 		f := &j.Files[e.FileIndex]
 		f.Transferred, f.BytesTransferred, f.BytesTotal = true, e.Bytes, e.Bytes
 		f.SHA256, f.TempName, f.ETag, f.LastModified = e.SHA256, e.TempName, e.ETag, e.LastModified
+		f.ResponseHeaders, f.FinalURL = e.ResponseHeaders, e.FinalURL
 		j.LastProgress = t
 		if next := j.NextFile(); next >= 0 {
 			j.CurrentFile = next
 		}
 	case *events.JobTransferred:
+		j.stopClock(t)
 		j.State, j.Agent = Transferred, ""
 		tc := t
 		j.Times.TransferCompletion = &tc
 	case *events.JobTransientError:
+		j.stopClock(t)
 		j.State, j.Agent, j.ErrorCount = TransientError, "", j.ErrorCount+1
 		ei, at := e.Error, e.RetryAt.UTC()
 		j.Error, j.RetryAt = &ei, &at
 	case *events.JobFailed:
+		j.stopClock(t)
 		j.State, j.Agent, j.ErrorCount, j.RetryAt = Errored, "", j.ErrorCount+1, nil
 		ei := e.Error
 		j.Error = &ei
 	case *events.JobCompleteRequested:
 		// The lease ends: an agent still transferring is fenced off.
+		j.stopClock(t)
 		j.PendingComplete, j.Agent = true, ""
 	case *events.JobAcknowledged:
 		for _, i := range e.Files {
@@ -135,6 +152,7 @@ func Apply(j *Job, p events.Payload, t time.Time) error {
 		ei := e.Error
 		j.Error = &ei
 	case *events.JobCancelled:
+		j.stopClock(t)
 		j.State, j.Agent, j.RetryAt, j.PendingComplete = Cancelled, "", nil, false
 		j.PendingCleanup = e.Agent != ""
 	case *events.JobFilesDeleted:
@@ -151,6 +169,24 @@ func Apply(j *Job, p events.Payload, t time.Time) error {
 	j.Times.Modification = t
 	j.recomputeProgress()
 	return nil
+}
+
+// startClock starts counting download time (CONNECTING, TRANSFERRING).
+func (j *Job) startClock(t time.Time) {
+	if j.ActiveSince == nil {
+		at := t
+		j.ActiveSince = &at
+	}
+}
+
+// stopClock adds the current stretch of download time, if any.
+func (j *Job) stopClock(t time.Time) {
+	if j.ActiveSince != nil {
+		if t.After(*j.ActiveSince) {
+			j.DownloadTime += t.Sub(*j.ActiveSince)
+		}
+		j.ActiveSince = nil
+	}
 }
 
 func checkIndex(j *Job, i int) error {

@@ -85,6 +85,13 @@ type File struct {
 	SHA256       string `json:"sha256,omitempty"`
 	ETag         string `json:"etag,omitempty"`
 	LastModified string `json:"last_modified,omitempty"`
+	// Ranges are the parts of the remote file the job fetches (none: all).
+	Ranges []events.FileRange `json:"ranges,omitempty"`
+	// ExpectedSHA256 is the digest the file must have (empty: unchecked).
+	ExpectedSHA256 string `json:"expected_sha256,omitempty"`
+	// ResponseHeaders are headers of the last response for the file.
+	ResponseHeaders map[string]string `json:"response_headers,omitempty"`
+	FinalURL        string            `json:"final_url,omitempty"`
 }
 
 // Progress is BG_JOB_PROGRESS. BytesTotal is SizeUnknown until every file's
@@ -114,6 +121,7 @@ type Job struct {
 	State       State              `json:"state"`
 	Priority    Priority           `json:"priority"`
 	RetryPolicy events.RetryPolicy `json:"retry_policy"`
+	Options     events.JobOptions  `json:"options"`
 	Files       []File             `json:"files"`
 	Progress    Progress           `json:"progress"`
 	Times       Times              `json:"times"`
@@ -124,6 +132,15 @@ type Job struct {
 	// LastProgress is the last time bytes moved or the job was (re)queued;
 	// NoProgressTimeout counts from it.
 	LastProgress time.Time `json:"last_progress"`
+	// Resumed: the job was queued at least once (properties that may only
+	// be set before the first Resume are read-only after it).
+	Resumed bool `json:"resumed,omitempty"`
+	// DownloadTime is the time spent CONNECTING or TRANSFERRING since the
+	// last Resume, not counting the current stretch, which began at
+	// ActiveSince (nil when the job is not CONNECTING or TRANSFERRING).
+	// MaxDownloadTime bounds their sum.
+	DownloadTime time.Duration `json:"download_time_ns,omitempty"`
+	ActiveSince  *time.Time    `json:"active_since,omitempty"`
 	// Agent holds the current lease (empty when none); Attempt counts leases.
 	Agent   string `json:"agent,omitempty"`
 	Attempt int    `json:"attempt"`
@@ -171,6 +188,22 @@ func (j Job) Clone() Job {
 		t := *j.RetryAt
 		j.RetryAt = &t
 	}
+	if j.ActiveSince != nil {
+		t := *j.ActiveSince
+		j.ActiveSince = &t
+	}
+	j.Options = cloneOptions(j.Options)
+	for i := range j.Files {
+		f := &j.Files[i]
+		f.Ranges = append([]events.FileRange(nil), f.Ranges...)
+		if f.ResponseHeaders != nil {
+			h := make(map[string]string, len(f.ResponseHeaders))
+			for k, v := range f.ResponseHeaders {
+				h[k] = v
+			}
+			f.ResponseHeaders = h
+		}
+	}
 	if j.Times.TransferCompletion != nil {
 		t := *j.Times.TransferCompletion
 		j.Times.TransferCompletion = &t
@@ -182,16 +215,54 @@ func (j *Job) String() string {
 	return fmt.Sprintf("job %s %s v%d", j.ID, j.State, j.Version)
 }
 
+func cloneOptions(o events.JobOptions) events.JobOptions {
+	o.IgnoreCertErrors = append([]string(nil), o.IgnoreCertErrors...)
+	o.CustomHeaders = append([]string(nil), o.CustomHeaders...)
+	o.WriteOnlyHeaders = append([]string(nil), o.WriteOnlyHeaders...)
+	if o.Proxy != nil {
+		p := *o.Proxy
+		p.List = append([]string(nil), p.List...)
+		p.Bypass = append([]string(nil), p.Bypass...)
+		o.Proxy = &p
+	}
+	if o.Notify != nil {
+		n := *o.Notify
+		n.Flags = append([]string(nil), n.Flags...)
+		o.Notify = &n
+	}
+	return o
+}
+
+// DownloadTimeAt is the time the job has spent CONNECTING or TRANSFERRING
+// since its last Resume, as of now.
+func (j *Job) DownloadTimeAt(now time.Time) time.Duration {
+	d := j.DownloadTime
+	if j.ActiveSince != nil && now.After(*j.ActiveSince) {
+		d += now.Sub(*j.ActiveSince)
+	}
+	return d
+}
+
 // Defaults and limits of the BITS model.
 const (
 	DefaultMinimumRetryDelay = 600 * time.Second
 	MinimumRetryDelayFloor   = 5 * time.Second
 	DefaultNoProgressTimeout = 14 * 24 * time.Hour
-	MaxDisplayName           = 256
-	MaxDescription           = 1024
-	DefaultMaxFilesPerJob    = 200
-	MaxURLLength             = 2200 // INTERNET_MAX_URL_LENGTH-ish
-	MaxLocalName             = 4096
-	DefaultPool              = "default"
-	TypeDownload             = "DOWNLOAD"
+	// DefaultMaxDownloadTime is BITS's default maximum download time (90 d).
+	DefaultMaxDownloadTime = 90 * 24 * time.Hour
+	// DefaultJobInactivityTimeout cancels a job nobody touched for 90 days.
+	DefaultJobInactivityTimeout = 90 * 24 * time.Hour
+	DefaultMaxRangesPerFile     = 500
+	// DefaultMaxJobsPerUser bounds a user's jobs that are not final
+	// (BITS: 60; ferry's default is higher). Administrators are exempt.
+	DefaultMaxJobsPerUser = 1000
+	MaxCustomHeaders      = 16384 // characters, all headers together
+	MaxProxyList          = 32000 // characters, BG_E_PROXY_LIST_TOO_LARGE beyond
+	MaxDisplayName        = 256
+	MaxDescription        = 1024
+	DefaultMaxFilesPerJob = 200
+	MaxURLLength          = 2200 // INTERNET_MAX_URL_LENGTH-ish
+	MaxLocalName          = 4096
+	DefaultPool           = "default"
+	TypeDownload          = "DOWNLOAD"
 )
