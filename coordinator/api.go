@@ -26,6 +26,10 @@ type CreateRequest struct {
 	Files              []events.FileSpec `json:"files,omitempty"`
 	MinimumRetryDelayS *int64            `json:"minimum_retry_delay_s,omitempty"`
 	NoProgressTimeoutS *int64            `json:"no_progress_timeout_s,omitempty"`
+	// MaxDownloadTimeS is SetMaximumDownloadTime (default 90 days, 0: none).
+	MaxDownloadTimeS *int64 `json:"max_download_time_s,omitempty"`
+	// Options are the job's HTTP options and BITS properties.
+	Options *job.OptionsPatch `json:"options,omitempty"`
 	// Resume queues the job right after creating it.
 	Resume bool `json:"resume,omitempty"`
 }
@@ -42,6 +46,9 @@ type PatchRequest struct {
 	Priority           *string `json:"priority,omitempty"`
 	MinimumRetryDelayS *int64  `json:"minimum_retry_delay_s,omitempty"`
 	NoProgressTimeoutS *int64  `json:"no_progress_timeout_s,omitempty"`
+	MaxDownloadTimeS   *int64  `json:"max_download_time_s,omitempty"`
+	// Options changes the options present; the others stay.
+	Options *job.OptionsPatch `json:"options,omitempty"`
 }
 
 // ActionResponse answers job actions: the BITS result code and the job after
@@ -123,6 +130,9 @@ func (s *Service) createJob(w http.ResponseWriter, r *http.Request, c caller) er
 	if err != nil {
 		return err
 	}
+	if err := s.checkJobQuota(r.Context(), c); err != nil {
+		return err
+	}
 	id, err := newJobID()
 	if err != nil {
 		return err
@@ -131,6 +141,7 @@ func (s *Service) createJob(w http.ResponseWriter, r *http.Request, c caller) er
 		JobID: id, DisplayName: req.DisplayName, Description: req.Description, Owner: c.Principal,
 		Priority: prio, Pool: req.Pool, Files: req.Files, Limits: s.cfg.Limits,
 		MinimumRetryDelay: seconds(req.MinimumRetryDelayS), NoProgressTimeout: seconds(req.NoProgressTimeoutS),
+		MaxDownloadTime: seconds(req.MaxDownloadTimeS), Options: req.Options,
 	}, c.Principal, nil)
 	if err != nil {
 		return err
@@ -147,6 +158,30 @@ func (s *Service) createJob(w http.ResponseWriter, r *http.Request, c caller) er
 	}
 	w.Header().Set("Location", "/v1/jobs/"+id)
 	writeJSON(w, http.StatusCreated, res.Job)
+	return nil
+}
+
+// checkJobQuota refuses a user with too many jobs that are not final
+// (BG_E_TOO_MANY_JOBS_PER_USER). Administrators are exempt, as in BITS. The
+// count comes from the read model, so concurrent creations may overshoot
+// the limit by the few that race.
+func (s *Service) checkJobQuota(ctx context.Context, c caller) error {
+	if c.admin() {
+		return nil
+	}
+	limit := s.cfg.Limits.JobsPerUser()
+	n := 0
+	if _, err := s.readModel.List(ctx, func(j *job.Job) bool {
+		if j.Owner == c.Principal && !j.State.Final() {
+			n++
+		}
+		return false
+	}); err != nil {
+		return err
+	}
+	if n >= limit {
+		return job.Errorf(job.BG_E_TOO_MANY_JOBS_PER_USER, "you have %d jobs that are not acknowledged or cancelled; the limit is %d", n, limit)
+	}
 	return nil
 }
 
@@ -222,7 +257,8 @@ func (s *Service) patchJob(w http.ResponseWriter, r *http.Request, c caller) err
 		return err
 	}
 	cmd := job.Modify{DisplayName: req.DisplayName, Description: req.Description,
-		MinimumRetryDelay: seconds(req.MinimumRetryDelayS), NoProgressTimeout: seconds(req.NoProgressTimeoutS)}
+		MinimumRetryDelay: seconds(req.MinimumRetryDelayS), NoProgressTimeout: seconds(req.NoProgressTimeoutS),
+		MaxDownloadTime: seconds(req.MaxDownloadTimeS), Options: req.Options}
 	if req.Priority != nil {
 		p, err := job.ParsePriority(*req.Priority)
 		if err != nil {

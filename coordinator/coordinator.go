@@ -33,6 +33,9 @@ type Config struct {
 	// ReconcileInterval is how often every job is checked for a lost
 	// dispatch or a due retry (default 15 s).
 	ReconcileInterval time.Duration
+	// JobInactivityTimeout cancels jobs nobody touched for that long
+	// (default 90 days, as BITS; negative: never).
+	JobInactivityTimeout time.Duration
 	// Auth identifies callers by their verified client certificates. It is
 	// required: every API call needs a verified identity.
 	Auth *identity.Authenticator
@@ -100,14 +103,25 @@ func (s *Service) ReadModel() ReadModel { return s.readModel }
 
 // onApply reacts to projected states that need a command published.
 func (s *Service) onApply(j *job.Job, ev *events.Event) {
-	switch ev.Type {
-	case events.TypeJobTransientError:
-		// A retry is now scheduled: let the reconciler recompute its timer.
+	if movesDeadline(ev.Type) {
 		select {
 		case s.kick <- struct{}{}:
 		default:
 		}
 	}
+}
+
+// movesDeadline reports whether an event of type t may bring a retry or a
+// deadline forward, so the clock must recompute its timer now rather than at
+// its next periodic pass.
+func movesDeadline(t string) bool {
+	switch t {
+	case events.TypeJobTransientError, // a retry is scheduled
+		events.TypeJobConnecting, // MaxDownloadTime starts counting
+		events.TypeJobModified:   // a retry policy changed
+		return true
+	}
+	return false
 }
 
 // --- commands ---------------------------------------------------------------
@@ -164,10 +178,42 @@ func commandFor(j *job.Job, now time.Time) (string, dispatch.Command, bool) {
 }
 
 // reconcileLoop re-publishes commands that a crash between "event stored"
-// and "command published" lost, and dispatches retries when their delay has
-// elapsed. It runs at start, every ReconcileInterval, and at the earliest
-// scheduled retry.
+// and "command published" lost, dispatches retries when their delay has
+// elapsed, and applies deadlines (MaxDownloadTime, NoProgressTimeout,
+// JobInactivityTimeout). It runs at start, every ReconcileInterval, and at
+// the earliest retry or deadline.
 func (s *Service) reconcileLoop(ctx context.Context) error {
+	return s.clock().run(ctx)
+}
+
+func (s *Service) clock() *clock {
+	return &clock{
+		interval: s.cfg.ReconcileInterval, inactivity: s.cfg.JobInactivityTimeout, kick: s.kick, log: s.log,
+		list: func(ctx context.Context) ([]job.Job, error) {
+			return s.readModel.List(ctx, func(j *job.Job) bool { return !j.State.Final() || j.PendingCleanup })
+		},
+		publish: s.publishFor,
+		timeout: func(ctx context.Context, j *job.Job, c job.Timeout) error {
+			_, err := s.exec(ctx, j.ID, c, "service/coordinator", j)
+			return err
+		},
+	}
+}
+
+// clock drives everything that happens because time passed. Its I/O comes
+// in as functions so that it runs the same against the read model and, in
+// tests, against an in-memory store in virtual time.
+type clock struct {
+	interval   time.Duration
+	inactivity time.Duration
+	kick       <-chan struct{}
+	log        zerolog.Logger
+	list       func(context.Context) ([]job.Job, error)
+	publish    func(context.Context, *job.Job)
+	timeout    func(context.Context, *job.Job, job.Timeout) error
+}
+
+func (c *clock) run(ctx context.Context) error {
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	for {
@@ -175,46 +221,66 @@ func (s *Service) reconcileLoop(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-timer.C:
-		case <-s.kick:
+		case <-c.kick:
 		}
-		next, err := s.reconcile(ctx)
+		next, err := c.tick(ctx)
 		if err != nil && ctx.Err() == nil {
-			s.log.Warn().Err(err).Msg("reconcile failed")
+			c.log.Warn().Err(err).Msg("reconcile failed")
 		}
-		wait := s.cfg.ReconcileInterval
+		wait := c.interval
 		if !next.IsZero() {
 			wait = min(wait, max(time.Until(next), 10*time.Millisecond))
 		}
-		if !timer.Stop() {
-			select {
-			case <-timer.C:
-			default:
-			}
-		}
+		timer.Stop()
 		timer.Reset(wait)
 	}
 }
 
-// reconcile publishes every command the read model says is due and returns
-// the time of the earliest future retry.
-func (s *Service) reconcile(ctx context.Context) (time.Time, error) {
+// tick publishes every command that is due, applies every deadline that has
+// passed, and returns the time of the earliest future retry or deadline.
+func (c *clock) tick(ctx context.Context) (time.Time, error) {
 	now := time.Now()
 	var next time.Time
-	jobs, err := s.readModel.List(ctx, func(j *job.Job) bool { return !j.State.Final() || j.PendingCleanup })
+	soonest := func(t time.Time) {
+		if !t.IsZero() && (next.IsZero() || t.Before(next)) {
+			next = t
+		}
+	}
+	jobs, err := c.list(ctx)
 	if err != nil {
 		return next, err
 	}
+	tc := job.Timeout{InactivityTimeout: c.inactivity}
+	var errs []error
 	for i := range jobs {
 		j := &jobs[i]
-		if j.State == job.TransientError && j.RetryAt != nil && j.RetryAt.After(now) {
-			if next.IsZero() || j.RetryAt.Before(next) {
-				next = *j.RetryAt
+		if at := j.NextDeadline(tc); !at.IsZero() {
+			if now.Before(at) {
+				soonest(at)
+			} else {
+				if err := c.timeout(ctx, j, tc); err != nil && !isRefusal(err) {
+					errs = append(errs, fmt.Errorf("job %s: deadline: %w", j.ID, err))
+				}
+				// Its new state is published by the command itself; look
+				// again soon in case another deadline follows.
+				soonest(now.Add(time.Second))
+				continue
 			}
+		}
+		if j.State == job.TransientError && j.RetryAt != nil && j.RetryAt.After(now) {
+			soonest(*j.RetryAt)
 			continue
 		}
-		s.publishFor(ctx, j)
+		c.publish(ctx, j)
 	}
-	return next, nil
+	return next, errors.Join(errs...)
+}
+
+// isRefusal reports whether err is the job model refusing a command (the job
+// changed meanwhile), not a failure to run it.
+func isRefusal(err error) bool {
+	var je *job.Error
+	return errors.As(err, &je)
 }
 
 // --- helpers ----------------------------------------------------------------
