@@ -97,6 +97,7 @@ func jsonKind(field string) string {
 //	GET    /v1/stores/{location}/{store}/certificates         list ({"certificates": [CertInfo…]})
 //	GET    /v1/stores/{location}/{store}/certificates/{sha1}  one certificate (CertInfo)
 //	DELETE /v1/stores/{location}/{store}/certificates/{sha1}  remove (204)
+//	POST   /v1/admin/rotate-key                               rotate the key-encryption key (admins; RotateKeyResult)
 //
 // {location} is a name or number (ParseLocation); {store} is
 // percent-encoded where needed ("spiffe:%2F%2Fexample.org%2Fuser%2Falice%5CMY"
@@ -115,8 +116,10 @@ func (v *Vault) Handler(auth func(*http.Request) (Caller, error)) http.Handler {
 	mux.HandleFunc("DELETE "+certs+"/{sha1}", h.serve(h.remove))
 	mux.HandleFunc(certs, h.notAllowed("GET, POST"))
 	mux.HandleFunc(certs+"/{sha1}", h.notAllowed("GET, DELETE"))
+	mux.HandleFunc("POST "+RotateKeyPath, h.rotateKey)
+	mux.HandleFunc(RotateKeyPath, h.notAllowed("POST"))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		h.problem(w, r, job.Errorf(job.ERROR_NOT_FOUND, "no such resource: the certificate store API is /v1/stores/{location}/{store}/certificates[/{sha1}]"))
+		h.problem(w, r, job.Errorf(job.ERROR_NOT_FOUND, "no such resource: the certificate store API is /v1/stores/{location}/{store}/certificates[/{sha1}]; admins rotate keys with POST "+RotateKeyPath))
 	})
 	return mux
 }
@@ -126,21 +129,31 @@ type handler struct {
 	auth func(*http.Request) (Caller, error)
 }
 
+// authenticate identifies the caller and puts the request's ID in its
+// context; on failure it answers and returns false.
+func (h *handler) authenticate(w http.ResponseWriter, r *http.Request) (Caller, *http.Request, bool) {
+	caller, err := h.auth(r)
+	if err != nil {
+		var je *job.Error
+		if !errors.As(err, &je) {
+			err = &job.Error{Code: job.E_UNAUTHENTICATED, Err: err}
+		}
+		h.problem(w, r, err)
+		return Caller{}, r, false
+	}
+	if id := r.Header.Get("X-Request-Id"); validRequestID(id) {
+		r = r.WithContext(withRequestID(r.Context(), id))
+	}
+	return caller, r, true
+}
+
 // serve authenticates, parses {location} and runs fn; fn's error becomes a
 // problem document.
 func (h *handler) serve(fn func(http.ResponseWriter, *http.Request, Caller, Location) error) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		caller, err := h.auth(r)
-		if err != nil {
-			var je *job.Error
-			if !errors.As(err, &je) {
-				err = &job.Error{Code: job.E_UNAUTHENTICATED, Err: err}
-			}
-			h.problem(w, r, err)
+		caller, r, ok := h.authenticate(w, r)
+		if !ok {
 			return
-		}
-		if id := r.Header.Get("X-Request-Id"); validRequestID(id) {
-			r = r.WithContext(withRequestID(r.Context(), id))
 		}
 		loc, err := ParseLocation(r.PathValue("location"))
 		if err == nil {
@@ -226,6 +239,73 @@ func (h *handler) remove(w http.ResponseWriter, r *http.Request, caller Caller, 
 	}
 	w.WriteHeader(http.StatusNoContent)
 	return nil
+}
+
+// RotateKeyPath is the admin endpoint of RotateKey.
+const RotateKeyPath = "/v1/admin/rotate-key"
+
+// maxRotateBody bounds the body of a rotate-key request.
+const maxRotateBody = 4 << 10
+
+// rotateKey serves POST /v1/admin/rotate-key: the body is empty or
+// {"finish": bool, "retire": bool}; the answer is the RotateKeyResult. Admins only: the
+// role is checked before the body is read.
+func (h *handler) rotateKey(w http.ResponseWriter, r *http.Request) {
+	caller, r, ok := h.authenticate(w, r)
+	if !ok {
+		return
+	}
+	if err := caller.check(); err != nil {
+		h.problem(w, r, err)
+		return
+	}
+	if caller.Role != RoleAdmin {
+		h.problem(w, r, job.Errorf(job.E_ACCESSDENIED, "%s may not rotate the key-encryption key: it is for admins", caller.Role))
+		return
+	}
+	opts, err := decodeRotateKey(w, r)
+	if err != nil {
+		h.problem(w, r, err)
+		return
+	}
+	res, err := h.v.RotateKey(r.Context(), caller, opts)
+	if err != nil {
+		h.problem(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
+}
+
+// decodeRotateKey reads the optional body of a rotate-key request.
+func decodeRotateKey(w http.ResponseWriter, r *http.Request) (RotateKeyOptions, error) {
+	var opts RotateKeyOptions
+	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
+		c := job.E_INVALIDARG
+		c.Status = http.StatusUnsupportedMediaType
+		return opts, &job.Error{Code: c, Detail: fmt.Sprintf("Content-Type %q is not application/json", truncate(ct, 64))}
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxRotateBody))
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			c := job.E_INVALIDARG
+			c.Status = http.StatusRequestEntityTooLarge
+			return opts, &job.Error{Code: c, Detail: fmt.Sprintf("the request body is larger than %d bytes", maxRotateBody)}
+		}
+		return opts, job.Errorf(job.E_INVALIDARG, "the request body cannot be read")
+	}
+	if len(bytes.TrimSpace(body)) == 0 {
+		return opts, nil
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&opts); err != nil {
+		return opts, job.Errorf(job.E_INVALIDARG, `the request body must be empty or {"finish": true|false, "retire": true|false}`)
+	}
+	if dec.More() {
+		return opts, job.Errorf(job.E_INVALIDARG, "the request body has data after the JSON object")
+	}
+	return opts, nil
 }
 
 // problem answers with a problem document and logs internal errors once.

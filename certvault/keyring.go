@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -34,6 +35,12 @@ const KEKSize = 32
 type Keyring struct {
 	keys   map[int]secret
 	active int
+	// file is the absolute path of the file the keyring was read from
+	// (LoadKeyringFile); fromEnv says it came from EnvKEK. A vault
+	// persists key rotations to file, and refuses to make new keys for a
+	// keyring it cannot persist.
+	file    string
+	fromEnv bool
 }
 
 // NewKeyring makes a keyring from keys by version. Versions are positive;
@@ -171,6 +178,9 @@ func LoadKeyringFile(path string) (*Keyring, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w (in %s)", err, path)
 	}
+	if k.file, err = filepath.Abs(path); err != nil {
+		return nil, fmt.Errorf("certvault: keyring %s: %w", path, err)
+	}
 	return k, nil
 }
 
@@ -188,6 +198,7 @@ func KeyringFromEnv(getenv func(string) string) (*Keyring, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w (in %s)", err, EnvKEK)
 	}
+	k.fromEnv = true
 	return k, nil
 }
 

@@ -14,6 +14,7 @@ import (
 	"runtime"
 	"slices"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/ferry-dev/ferry/events"
@@ -32,10 +33,26 @@ const Bucket = "ferry_certs"
 type Vault struct {
 	kv     jetstream.KeyValue
 	store  events.Store
-	keys   *Keyring
 	log    zerolog.Logger
 	now    func() time.Time
 	pfxSem chan struct{}
+
+	// keys is the keyring in use: read it with keyring(); RotateKey
+	// swaps it (setKeyring). keyMu guards it, and Import holds it shared
+	// from sealing a record to writing it, so that a swap waits for the
+	// imports sealed with the old active version to be stored: a scan
+	// after the swap sees every record wrapped with an older version.
+	// (Pointers, so that copies of a Vault share them.)
+	keys  *Keyring
+	keyMu *sync.RWMutex
+	// rotMu runs one RotateKey at a time in this process (the keyring
+	// file's lock does it across processes).
+	rotMu *sync.Mutex
+	// keyFile is the keyring file rotations are written to ("" when the
+	// keyring came from the environment or from code); keySource names
+	// the source (KeyringInFile, KeyringInEnv, KeyringInMemory).
+	keyFile   string
+	keySource string
 }
 
 // Option adjusts New.
@@ -94,8 +111,10 @@ func New(ctx context.Context, js jetstream.JetStream, store events.Store, keyrin
 	v := &Vault{
 		kv: kv, store: store, keys: keyring, log: log, now: o.now,
 		pfxSem: make(chan struct{}, max(1, runtime.GOMAXPROCS(0)/2)),
+		keyMu:  new(sync.RWMutex), rotMu: new(sync.Mutex),
+		keyFile: keyring.file, keySource: keyring.source(),
 	}
-	if err := v.checkKeyring(ctx); err != nil {
+	if err := v.checkKeyring(ctx, keyring); err != nil {
 		return nil, err
 	}
 	return v, nil
@@ -172,6 +191,9 @@ func (v *Vault) Import(ctx context.Context, caller Caller, loc Location, store s
 	}
 	defer clear(b.pkcs8)
 	sum := sha1.Sum(b.leaf.Raw)
+	// Shared hold of the keyring until the record is stored (see keyMu).
+	v.keyMu.RLock()
+	defer v.keyMu.RUnlock()
 	sealed, err := seal(v.keys, ref.identity(sum), b.pkcs8)
 	if err != nil {
 		return CertInfo{}, internal("seal the private key", err)
@@ -417,6 +439,10 @@ type KeyRequest struct {
 // KeyReleaseDenied event (best effort: the refusal stands even if the
 // event cannot be written).
 func (v *Vault) Key(ctx context.Context, req KeyRequest) (*tls.Certificate, error) {
+	// The keyring is taken before the record is read: a rotation adds
+	// the new version before it rewraps and drops old versions only after,
+	// so this keyring opens whatever version the record has.
+	keys := v.keyring()
 	ref, _, err := resolve(req.Owner, req.Location, req.Store, opRead)
 	if err == nil && checkPrincipal(req.Agent) != nil {
 		err = job.Errorf(job.E_ACCESSDENIED, "the release has no agent principal")
@@ -427,7 +453,7 @@ func (v *Vault) Key(ctx context.Context, req KeyRequest) (*tls.Certificate, erro
 		rec, _, err = v.get(ctx, ref, req.SHA1)
 	}
 	if err == nil {
-		cert, err = v.decrypt(ref, req.SHA1, &rec)
+		cert, err = decrypt(keys, ref, req.SHA1, &rec)
 	}
 	if err != nil {
 		if aerr := v.DenyRelease(ctx, req, err); aerr != nil {
@@ -447,8 +473,8 @@ func (v *Vault) Key(ctx context.Context, req KeyRequest) (*tls.Certificate, erro
 	return cert, nil
 }
 
-func (v *Vault) decrypt(ref storeRef, sum [20]byte, rec *record) (*tls.Certificate, error) {
-	der, err := open(v.keys, ref.identity(sum), rec.Key)
+func decrypt(keys *Keyring, ref storeRef, sum [20]byte, rec *record) (*tls.Certificate, error) {
+	der, err := open(keys, ref.identity(sum), rec.Key)
 	if err != nil {
 		return nil, internal("decrypt the private key", err)
 	}
@@ -504,7 +530,14 @@ type RotateResult struct {
 // keyring once every vault process runs with the new one. A
 // VaultKeysRewrapped event records each run that rewrapped anything.
 func (v *Vault) Rotate(ctx context.Context) (RotateResult, error) {
-	res := RotateResult{Active: v.keys.Active()}
+	return v.rotate(ctx, true)
+}
+
+// rotate is Rotate; with audit, a run that rewrapped records is audited
+// after it (RotateKey audits before, itself).
+func (v *Vault) rotate(ctx context.Context, audit bool) (RotateResult, error) {
+	keys := v.keyring()
+	res := RotateResult{Active: keys.Active()}
 	var entries []jetstream.KeyValueEntry
 	if err := v.scan(ctx, "c.>", func(e jetstream.KeyValueEntry) error {
 		entries = append(entries, e)
@@ -515,7 +548,7 @@ func (v *Vault) Rotate(ctx context.Context) (RotateResult, error) {
 	from := map[int]bool{}
 	var problems []error
 	for _, e := range entries {
-		old, done, err := v.rewrapOne(ctx, e)
+		old, done, err := v.rewrapOne(ctx, keys, e)
 		switch {
 		case err != nil:
 			problems = append(problems, fmt.Errorf("%s: %w", e.Key(), err))
@@ -530,7 +563,7 @@ func (v *Vault) Rotate(ctx context.Context) (RotateResult, error) {
 			break
 		}
 	}
-	if res.Rewrapped > 0 {
+	if res.Rewrapped > 0 && audit {
 		vs := make([]int, 0, len(from))
 		for ver := range from {
 			vs = append(vs, ver)
@@ -552,14 +585,14 @@ func (v *Vault) Rotate(ctx context.Context) (RotateResult, error) {
 
 // rewrapOne moves one record to the active KEK, retrying on concurrent
 // changes. It returns the version the record had and whether it rewrapped.
-func (v *Vault) rewrapOne(ctx context.Context, e jetstream.KeyValueEntry) (int, bool, error) {
+func (v *Vault) rewrapOne(ctx context.Context, keys *Keyring, e jetstream.KeyValueEntry) (int, bool, error) {
 	for attempt := 0; ; attempt++ {
 		var rec record
 		if err := json.Unmarshal(e.Value(), &rec); err != nil {
 			return 0, false, fmt.Errorf("decode: %w", err)
 		}
 		old := rec.Key.KEK
-		if old == v.keys.Active() {
+		if old == keys.Active() {
 			return old, false, nil
 		}
 		sum, err := hex.DecodeString(rec.Info.SHA1)
@@ -567,7 +600,7 @@ func (v *Vault) rewrapOne(ctx context.Context, e jetstream.KeyValueEntry) (int, 
 			return old, false, fmt.Errorf("bad thumbprint in record")
 		}
 		ref := storeRef{rec.Scope, rec.Location, rec.Store}
-		rec.Key, err = rewrap(v.keys, ref.identity([20]byte(sum)), rec.Key)
+		rec.Key, err = rewrap(keys, ref.identity([20]byte(sum)), rec.Key)
 		if err != nil {
 			return old, false, err
 		}
@@ -609,8 +642,8 @@ func (v *Vault) KEKVersionsInUse(ctx context.Context) (map[int]int, error) {
 	return use, nil
 }
 
-// checkKeyring opens one data key per KEK version in use.
-func (v *Vault) checkKeyring(ctx context.Context) error {
+// checkKeyring opens one data key per KEK version in use with keys.
+func (v *Vault) checkKeyring(ctx context.Context, keys *Keyring) error {
 	tried := map[int]bool{}
 	var problems []error
 	err := v.scan(ctx, "c.>", func(e jetstream.KeyValueEntry) error {
@@ -623,8 +656,8 @@ func (v *Vault) checkKeyring(ctx context.Context) error {
 			return nil
 		}
 		tried[ver] = true
-		if !v.keys.Has(ver) {
-			problems = append(problems, fmt.Errorf("records are wrapped with key-encryption key version %d, which is not in the keyring %v", ver, v.keys))
+		if !keys.Has(ver) {
+			problems = append(problems, fmt.Errorf("records are wrapped with key-encryption key version %d, which is not in the keyring %v", ver, keys))
 			return nil
 		}
 		sum, err := hex.DecodeString(rec.Info.SHA1)
@@ -632,7 +665,7 @@ func (v *Vault) checkKeyring(ctx context.Context) error {
 			return fmt.Errorf("decode %s: bad thumbprint", e.Key())
 		}
 		ref := storeRef{rec.Scope, rec.Location, rec.Store}
-		dek, err := unwrapDEK(v.keys, ref.identity([20]byte(sum)), rec.Key)
+		dek, err := unwrapDEK(keys, ref.identity([20]byte(sum)), rec.Key)
 		clear(dek)
 		if err != nil {
 			problems = append(problems, fmt.Errorf("key-encryption key version %d in the keyring does not open the records wrapped with version %d: it is not the key they were written with", ver, ver))
@@ -643,10 +676,16 @@ func (v *Vault) checkKeyring(ctx context.Context) error {
 		return fmt.Errorf("certvault: check keyring: %w", err)
 	}
 	if err := errors.Join(problems...); err != nil {
-		return fmt.Errorf("certvault: keyring: %w", err)
+		return fmt.Errorf("certvault: keyring: %w", keyringMismatch{err})
 	}
 	return nil
 }
+
+// keyringMismatch is checkKeyring's verdict that a keyring does not open
+// the records (rather than that they could not be read).
+type keyringMismatch struct{ error }
+
+func (m keyringMismatch) Unwrap() error { return m.error }
 
 // get reads one record: ERROR_FILE_NOT_FOUND if the store does not exist,
 // CRYPT_E_NOT_FOUND if it has no such certificate.
