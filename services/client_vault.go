@@ -39,3 +39,11 @@ func (c *Client) ListCerts(ctx context.Context, location, store string) ([]certv
 func (c *Client) RemoveCert(ctx context.Context, location, store, sha1 string) error {
 	return c.do(ctx, http.MethodDelete, storePath(location, store)+"/"+url.PathEscape(sha1), nil, nil)
 }
+
+// RotateKey asks certvault to rotate its key-encryption key and rewrap
+// every stored private key (POST /v1/admin/rotate-key, admins only; see
+// certvault.RotateKeyOptions for finish and retire).
+func (c *Client) RotateKey(ctx context.Context, opts certvault.RotateKeyOptions) (certvault.RotateKeyResult, error) {
+	var res certvault.RotateKeyResult
+	return res, c.do(ctx, http.MethodPost, certvault.RotateKeyPath, opts, &res)
+}
