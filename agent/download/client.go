@@ -39,8 +39,30 @@ type ClientOptions struct {
 	// address at dial time, so DNS names that point there are refused too.
 	AllowPrivateMetadata bool
 
-	// AllowHTTPSToHTTP lets a redirect go from https to http. Off by default.
+	// AllowHTTPSToHTTP lets a redirect go from https to http. Off by default
+	// (BITS's BG_HTTP_REDIRECT_POLICY_ALLOW_HTTPS_TO_HTTP). It has no effect
+	// with RedirectDisallow.
 	AllowHTTPSToHTTP bool
+
+	// RedirectPolicy is BITS's BG_HTTP_REDIRECT_POLICY: follow redirects
+	// silently (the zero value), follow them and report the final URL in
+	// Result.FinalURL, or refuse them (ERROR_WINHTTP_REDIRECT_FAILED,
+	// fatal).
+	RedirectPolicy RedirectPolicy
+
+	// Proxy is BITS's SetProxySettings. The zero value connects directly
+	// (as NewClient always did); see ProxySettings.
+	Proxy ProxySettings
+
+	// BITS security flags, each an explicit opt-in that drops exactly one
+	// kind of server-certificate failure while every other check still
+	// runs: a certificate for another host name
+	// (BG_SSL_IGNORE_CERT_CN_INVALID), expired or not yet valid
+	// (_IGNORE_CERT_DATE_INVALID), from an authority RootCAs does not
+	// trust (_IGNORE_UNKNOWN_CA), or without the serverAuth extended key
+	// usage (_IGNORE_CERT_WRONG_USAGE). With IgnoreUnknownCA the leaf's
+	// host name, dates and usage are still checked unless ignored too.
+	IgnoreCertCNInvalid, IgnoreCertDateInvalid, IgnoreUnknownCA, IgnoreWrongUsage bool
 
 	// ConnectTimeout bounds the TCP connect and, separately, the TLS
 	// handshake. ResponseHeaderTimeout bounds the wait for response headers
@@ -75,7 +97,11 @@ func orDefault(d, def time.Duration) time.Duration {
 // NewClient returns the HTTP client Fetch expects. It speaks HTTP/1.1 and
 // HTTP/2, never asks for compressed transfer (byte counts and ranges must be
 // those of the stored resource), follows at most MaxRedirects redirects and
-// only to http or https URLs, and connects directly (no proxy).
+// only to http or https URLs (per o.RedirectPolicy), and connects directly
+// unless o.Proxy says otherwise.
+//
+// Proxy settings whose lists cannot be parsed (see ProxySettings.Validate)
+// make every request fail with E_INVALIDARG.
 //
 // Call CloseIdleConnections on it when it is no longer needed. Its
 // connection pool is not partitioned by client certificate: use one client
@@ -88,16 +114,29 @@ func NewClient(o ClientOptions) *http.Client {
 		KeepAlive: 30 * time.Second,
 	}
 	if !o.AllowPrivateMetadata {
+		// With a proxy, this checks the proxy's address (the origin is
+		// resolved by the proxy); proxyFunc checks literal origin IPs.
 		dialer.ControlContext = refuseMetadata
 	}
+	tlsConf := &tls.Config{
+		RootCAs:              o.RootCAs,
+		GetClientCertificate: getClientCertificate(o.GetClientCertificate),
+		MinVersion:           tls.VersionTLS12,
+	}
+	ignoring := o.IgnoreCertCNInvalid || o.IgnoreCertDateInvalid || o.IgnoreUnknownCA || o.IgnoreWrongUsage
+	if ignoring {
+		// Go's own verification cannot drop one kind of failure, so it is
+		// replaced by verifyServer, which runs the same checks. The
+		// shared config knows no host name (VerifyConnection sees only the
+		// SNI name, empty for IP addresses); dialTLS below gives each
+		// direct connection its host.
+		tlsConf.InsecureSkipVerify = true
+		tlsConf.VerifyConnection = verifyServer(o, "")
+	}
 	base := &http.Transport{
-		Proxy:       nil, // direct: the address check below must see the origin
-		DialContext: dialer.DialContext,
-		TLSClientConfig: &tls.Config{
-			RootCAs:              o.RootCAs,
-			GetClientCertificate: getClientCertificate(o.GetClientCertificate),
-			MinVersion:           tls.VersionTLS12,
-		},
+		Proxy:                 proxyFunc(o.Proxy, !o.AllowPrivateMetadata),
+		DialContext:           dialer.DialContext,
+		TLSClientConfig:       tlsConf,
 		TLSHandshakeTimeout:   connect,
 		ResponseHeaderTimeout: orDefault(o.ResponseHeaderTimeout, DefaultResponseHeaderTimeout),
 		DisableCompression:    true,
@@ -107,18 +146,85 @@ func NewClient(o ClientOptions) *http.Client {
 		IdleConnTimeout:       90 * time.Second,
 		ExpectContinueTimeout: time.Second,
 	}
+	if ignoring {
+		base.DialTLSContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			host, _, err := net.SplitHostPort(addr)
+			if err != nil {
+				return nil, err
+			}
+			raw, err := dialer.DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			cfg := tlsConf.Clone()
+			cfg.ServerName = host
+			cfg.NextProtos = []string{"h2", "http/1.1"}
+			cfg.VerifyConnection = verifyServer(o, host)
+			hctx, cancel := context.WithTimeout(ctx, connect)
+			defer cancel()
+			tc := tls.Client(raw, cfg)
+			if err := tc.HandshakeContext(hctx); err != nil {
+				raw.Close()
+				return nil, err
+			}
+			return tc, nil
+		}
+	}
 	var rt http.RoundTripper = base
 	if idle := orDefault(o.IdleReadTimeout, DefaultIdleReadTimeout); idle > 0 {
 		rt = &stallTransport{base: base, idle: idle}
 	}
-	allowDowngrade := o.AllowHTTPSToHTTP
+	allowDowngrade, policy := o.AllowHTTPSToHTTP, o.RedirectPolicy
 	return &http.Client{
 		Transport: rt,
 		CheckRedirect: func(req *http.Request, via []*http.Request) error {
+			switch policy {
+			case RedirectDisallow:
+				return &redirectError{fmt.Sprintf("the server redirected to %s and the job's redirect policy disallows redirects", redactURL(req.URL))}
+			case RedirectAllowReport:
+				if tr, ok := req.Context().Value(redirectTraceKey{}).(*redirectTrace); ok {
+					tr.setReport()
+				}
+			}
 			return checkRedirect(req, via, allowDowngrade)
 		},
 	}
 }
+
+// RedirectPolicy is BITS's BG_HTTP_REDIRECT_POLICY.
+type RedirectPolicy int
+
+const (
+	RedirectAllowSilent RedirectPolicy = iota // follow redirects (BG_HTTP_REDIRECT_POLICY_ALLOW_SILENT, the default)
+	RedirectAllowReport                       // follow them; Result.FinalURL says where the file came from (_ALLOW_REPORT)
+	RedirectDisallow                          // a redirect fails the transfer with ERROR_WINHTTP_REDIRECT_FAILED, fatal (_DISALLOW)
+)
+
+func (p RedirectPolicy) String() string {
+	switch p {
+	case RedirectAllowSilent:
+		return "ALLOW_SILENT"
+	case RedirectAllowReport:
+		return "ALLOW_REPORT"
+	case RedirectDisallow:
+		return "DISALLOW"
+	}
+	return fmt.Sprintf("RedirectPolicy(%d)", int(p))
+}
+
+// redirectTrace tells Fetch, per request, whether a redirect was followed
+// under RedirectAllowReport.
+type redirectTrace struct{ reported atomic.Bool }
+
+type redirectTraceKey struct{}
+
+func withRedirectTrace(ctx context.Context, tr *redirectTrace) context.Context {
+	return context.WithValue(ctx, redirectTraceKey{}, tr)
+}
+
+func (t *redirectTrace) reset()       { t.reported.Store(false) }
+func (t *redirectTrace) setReport()   { t.reported.Store(true) }
+func (t *redirectTrace) report() bool { return t.reported.Load() }
 
 // redirectError is returned by CheckRedirect; Fetch maps it to
 // ERROR_WINHTTP_REDIRECT_FAILED.

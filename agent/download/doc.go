@@ -18,6 +18,16 @@
 // sidecar says Complete, Fetch returns the Result without touching the
 // network, which makes "staged, but the event was never written" idempotent.
 //
+// Beyond a whole file, a Request can ask for byte ranges concatenated in
+// order (BITS AddFileWithRanges), a SHA-256 to validate the result against,
+// dynamic content (never resumed), a maximum size, a bandwidth Limiter
+// (CombineLimiters joins an agent's and a priority class's) and a free-space
+// reserve; Result carries the file's response headers and, under
+// RedirectAllowReport, the final URL. ClientOptions add BITS's proxy usage,
+// redirect policy and security flags (each ignore flag drops one kind of
+// certificate failure; verification itself always runs). Package
+// origintest is a fault-injecting origin for tests of all this.
+//
 // Errors are *Failure values in ferry's BITS vocabulary (job.Code, error
 // context, transient or fatal, Retry-After). The caller (the agent worker)
 // turns hooks and results into job events; this package emits none itself.
@@ -37,6 +47,6 @@
 // connection pool is shared by all its requests, so the agent uses one
 // client per transfer.
 //
-// The package imports only job (for the error vocabulary) and the standard
-// library plus zerolog.
+// The package imports only job (for the error vocabulary), the standard
+// library, zerolog and golang.org/x/sys/unix (free space, Linux only).
 package download

@@ -13,7 +13,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"strconv"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -35,8 +35,14 @@ const (
 	RestartNoRangeSupport  = "no-range-support"  // the server answered a Range request with 200
 	RestartValidatorChange = "validator-changed" // the resource changed (ETag/Last-Modified/size)
 	RestartBadContentRange = "bad-content-range" // a 206 whose Content-Range did not match the request
-	RestartStateMismatch   = "state-mismatch"    // the sidecar was corrupt, for another URL, or claimed more than the file holds
+	RestartStateMismatch   = "state-mismatch"    // the sidecar was corrupt, for another URL or ranges, or claimed more than the file holds
+	RestartDynamic         = "dynamic-content"   // a Dynamic request found bytes of an earlier, interrupted attempt
 )
+
+// maxChangeRestarts bounds how often one Fetch of ranges starts over
+// because the remote file changed; past it the file is changing too often
+// to assemble (BG_E_REMOTE_FILE_CHANGED, transient).
+const maxChangeRestarts = 2
 
 // Request is one file to fetch.
 type Request struct {
@@ -79,13 +85,58 @@ type Request struct {
 	// resumable; Fetch returns the error wrapped.
 	OnCheckpoint func(Checkpoint) error
 
+	// Ranges, when not nil, asks for these byte ranges of the remote file
+	// only, concatenated in the given order into TempName (BITS
+	// AddFileWithRanges). Each range is one request; a server that answers
+	// a range with 200 fails with BG_E_INSUFFICIENT_RANGE_SUPPORT, a range
+	// past the end of the file with BG_E_INVALID_RANGE, a 206 that is not
+	// the asked range (or is multipart/byteranges) with
+	// BG_E_INVALID_SERVER_RESPONSE — all fatal. A non-nil empty list, or
+	// a range with a negative offset or a length that is neither positive
+	// nor LengthToEOF, is refused with E_INVALIDARG (the job model
+	// validates ranges properly; this is a defence). Resumable like a
+	// whole file: the sidecar records the position in the concatenation.
+	Ranges []Range
+
+	// ExpectedSHA256 (hex), when set, is checked after the last byte: a
+	// mismatch fails with BG_E_VALIDATION_FAILED (fatal) and discards the
+	// staged bytes and sidecar, so a later Fetch starts from zero.
+	ExpectedSHA256 string
+
+	// Dynamic is BITS's DYNAMIC_CONTENT: no Range request is ever sent, no
+	// Content-Length is needed, and an interrupted transfer starts over
+	// (bytes of an earlier attempt are discarded when Fetch opens the
+	// file). Dynamic with Ranges is refused with E_INVALIDARG.
+	Dynamic bool
+
+	// MaxSize, when > 0, is BITS's MAX_DOWNLOAD_SIZE: the transfer fails
+	// with BG_E_TOO_LARGE (fatal) as soon as the size announced by the
+	// server (Content-Length, a Content-Range's complete length; with
+	// Ranges, the sum of the ranges) exceeds it, or when the body grows
+	// past it.
+	MaxSize int64
+
+	// Limiter, when set, throttles the body copy (see Limiter and
+	// CombineLimiters). An error from it other than the context's ending
+	// fails the transfer with BG_E_BLOCKED_BY_POLICY (transient).
+	Limiter Limiter
+
+	// MinFreeBytes is kept free on the file system holding TempName: before
+	// each response is streamed, when the size is known, Fetch fails with
+	// ERROR_DISK_FULL (transient, BG_ERROR_CONTEXT_LOCAL_FILE) if free
+	// space is less than the bytes still to write plus MinFreeBytes.
+	MinFreeBytes int64
+
+	// freeSpace replaces the file-system query in tests.
+	freeSpace func(dir *os.File) (int64, error)
+
 	Log zerolog.Logger
 }
 
 // Start describes the response the transfer continues with.
 type Start struct {
 	Offset    int64  // first byte this response carries (bytes already staged)
-	Total     int64  // size of the file, -1 unknown
+	Total     int64  // size of the file (with Ranges: their total), -1 unknown
 	Restarted string // "" or one of the Restart* reasons
 }
 
@@ -98,10 +149,22 @@ type Checkpoint struct {
 // Result is a completely staged file.
 type Result struct {
 	Bytes        int64
-	SHA256       string // hex
+	SHA256       string // hex, of the staged bytes
 	ETag         string
 	LastModified string
 	Total        int64 // == Bytes
+
+	// Header holds, of the last response that carried the file's bytes
+	// (not a 416 that only confirmed the end), only ETag, Last-Modified,
+	// Content-Length, Content-Type, Content-Range and Content-Encoding
+	// (BITS's HTTP_RESPONSE_HEADERS, reduced to what describes the file).
+	// It is kept in the sidecar, so it survives restarts.
+	Header http.Header
+
+	// FinalURL is where the last request ended after redirects, redacted
+	// (no user info, query or fragment), when the client's RedirectPolicy
+	// is RedirectAllowReport and a redirect happened; "" otherwise.
+	FinalURL string
 }
 
 // copyBufSize is the read/write unit: large enough that write(2) and
@@ -134,6 +197,9 @@ func Fetch(ctx context.Context, r Request) (Result, error) {
 	if r.Root == nil {
 		return Result{}, fatal(job.ContextLocalFile, job.E_INVALIDARG, nil, "no root directory was given for the staged file")
 	}
+	if f := checkRequest(&r); f != nil {
+		return Result{}, f
+	}
 	if err := checkName(r.TempName); err != nil {
 		return Result{}, classifyLocal(err, "stage the file")
 	}
@@ -145,18 +211,48 @@ func Fetch(ctx context.Context, r Request) (Result, error) {
 	// classifying refusals precisely.
 	ctx = withCertTrace(ctx, &certTrace{})
 	ft := &fetcher{
-		r:   r,
-		log: r.Log.With().Str("url", redactURL(u)).Str("temp", r.TempName).Logger(),
+		r:      r,
+		log:    r.Log.With().Str("url", redactURL(u)).Str("temp", r.TempName).Logger(),
+		redir:  &redirectTrace{},
+		ranged: r.Ranges != nil,
 	}
+	ctx = withRedirectTrace(ctx, ft.redir)
 	defer ft.close()
 	if f := ft.open(); f != nil {
 		return Result{}, f
 	}
 	if ft.st.Complete {
 		ft.log.Debug().Int64("bytes", ft.pos).Msg("already staged, nothing to fetch")
+		if f := ft.validate(); f != nil {
+			return Result{}, f
+		}
 		return ft.result(), nil
 	}
 	return ft.transfer(ctx)
+}
+
+// checkRequest refuses option combinations Fetch cannot carry out.
+func checkRequest(r *Request) *Failure {
+	const rf = job.ContextRemoteFile
+	if f := checkRanges(r.Ranges); f != nil {
+		return f
+	}
+	if r.Dynamic && r.Ranges != nil {
+		return fatal(rf, job.E_INVALIDARG, nil, "a file with dynamic content cannot have ranges")
+	}
+	if r.ExpectedSHA256 != "" {
+		if b, err := hex.DecodeString(r.ExpectedSHA256); err != nil || len(b) != sha256.Size {
+			return fatal(rf, job.E_INVALIDARG, nil, "the expected SHA-256 is not 64 hexadecimal digits")
+		}
+		r.ExpectedSHA256 = strings.ToLower(r.ExpectedSHA256)
+	}
+	if r.MaxSize < 0 || r.MinFreeBytes < 0 {
+		return fatal(rf, job.E_INVALIDARG, nil, "MaxSize and MinFreeBytes cannot be negative")
+	}
+	if r.freeSpace == nil {
+		r.freeSpace = statFree
+	}
+	return nil
 }
 
 // Discard removes a staged file and its sidecar (Cancel). Files that do not
@@ -216,6 +312,10 @@ type fetcher struct {
 	restarted string // for the next Start
 	started   bool   // OnTransferring was called for the current run from restarted
 
+	ranged  bool // r.Ranges != nil
+	changes int  // restarts of ranges because the remote file changed, this call
+	redir   *redirectTrace
+
 	lastCP  time.Time
 	sinceCP int64
 }
@@ -266,6 +366,9 @@ func (ft *fetcher) open() *Failure {
 	case st.URL != ft.r.URL:
 		ft.log.Debug().Msg("staging state is for another URL; starting from zero")
 		usable = false
+	case !slices.Equal(st.Ranges, ft.r.Ranges) || (st.Ranges == nil) != (ft.r.Ranges == nil):
+		ft.log.Debug().Msg("staging state is for other ranges; starting from zero")
+		usable = false
 	case fi.Size() < st.Offset, st.Complete && fi.Size() != st.Offset:
 		ft.log.Debug().Int64("size", fi.Size()).Int64("offset", st.Offset).Msg("temporary file does not match its state; starting from zero")
 		usable = false
@@ -274,8 +377,13 @@ func (ft *fetcher) open() *Failure {
 		if found {
 			return ft.reset(RestartStateMismatch)
 		}
-		ft.st, ft.h = state{URL: ft.r.URL, Total: -1}, sha256.New()
+		ft.st, ft.h = ft.fresh(), sha256.New()
 		return ft.truncate(0)
+	}
+	if ft.r.Dynamic && !st.Complete && st.Offset > 0 {
+		// Dynamic content cannot be resumed: the bytes may belong to
+		// another rendering.
+		return ft.reset(RestartDynamic)
 	}
 	ft.st, ft.h, ft.pos = st, h, st.Offset
 	if st.Offset > 0 && !st.Complete {
@@ -301,11 +409,29 @@ func (ft *fetcher) truncate(n int64) *Failure {
 func (ft *fetcher) reset(reason string) *Failure {
 	ft.log.Debug().Str("reason", reason).Int64("discarded", ft.pos).Msg("restarting from zero")
 	ft.restarted, ft.started = reason, false
-	ft.st, ft.h = state{URL: ft.r.URL, Total: -1}, sha256.New()
+	ft.st, ft.h = ft.fresh(), sha256.New()
 	if err := saveState(ft.r.Root, ft.dir, ft.r.TempName, ft.st, ft.h); err != nil {
 		return classifyLocal(err, "write the staging state")
 	}
 	return ft.truncate(0)
+}
+
+// fresh is the state of an empty staging file.
+func (ft *fetcher) fresh() state {
+	st := state{URL: ft.r.URL, Total: -1, Ranges: ft.r.Ranges}
+	if ft.ranged {
+		st.Total = ft.plan().total()
+	}
+	return st
+}
+
+// plan is the range plan as far as the state knows the remote file.
+func (ft *fetcher) plan() rangePlan {
+	rs := int64(-1)
+	if ft.st.RemoteSize > 0 {
+		rs = ft.st.RemoteSize
+	}
+	return rangePlan{ranges: ft.r.Ranges, remoteSize: rs}
 }
 
 func (ft *fetcher) result() Result {
@@ -315,7 +441,66 @@ func (ft *fetcher) result() Result {
 		ETag:         ft.st.ETag,
 		LastModified: ft.st.LastModified,
 		Total:        ft.pos,
+		Header:       ft.st.Header,
+		FinalURL:     ft.st.FinalURL,
 	}
+}
+
+// validate checks the staged bytes against ExpectedSHA256. On a mismatch it
+// discards them and their sidecar: the next Fetch starts from zero.
+func (ft *fetcher) validate() *Failure {
+	if ft.r.ExpectedSHA256 == "" {
+		return nil
+	}
+	got := hex.EncodeToString(ft.h.Sum(nil))
+	if got == ft.r.ExpectedSHA256 {
+		return nil
+	}
+	ft.log.Debug().Str("want", ft.r.ExpectedSHA256).Str("got", got).Msg("content validation failed; discarding the staged file")
+	f := fatal(job.ContextRemoteFile, job.BG_E_VALIDATION_FAILED, nil,
+		"the downloaded file's SHA-256 is %s, the job expects %s; the %d staged bytes were discarded", got, ft.r.ExpectedSHA256, ft.pos)
+	ft.file.Close()
+	ft.file = nil
+	if err := Discard(ft.r.Root, ft.r.TempName); err != nil {
+		f.Description += "; removing them failed: " + err.Error()
+		f.Err = err
+	}
+	ft.st, ft.pos = ft.fresh(), 0
+	return f
+}
+
+// tooLarge is BG_E_TOO_LARGE when size exceeds MaxSize, else nil.
+func (ft *fetcher) tooLarge(size int64, what string) *Failure {
+	if ft.r.MaxSize <= 0 || size <= ft.r.MaxSize {
+		return nil
+	}
+	return fatal(job.ContextRemoteFile, job.BG_E_TOO_LARGE, nil,
+		"%s is %d bytes, more than the job's maximum download size of %d bytes", what, size, ft.r.MaxSize)
+}
+
+// checkSpace fails with ERROR_DISK_FULL when the file system holding the
+// staging file has less room than the bytes still to write plus the
+// reserve. Unknown sizes check the reserve alone; a file system that cannot
+// say is not checked.
+func (ft *fetcher) checkSpace() *Failure {
+	need := ft.r.MinFreeBytes
+	if ft.st.Total >= 0 {
+		need += max(ft.st.Total-ft.pos, 0)
+	}
+	if need <= 0 {
+		return nil
+	}
+	free, err := ft.r.freeSpace(ft.dir)
+	if err != nil || free < 0 {
+		ft.log.Debug().Err(err).Msg("free space unknown; not checked")
+		return nil
+	}
+	if free >= need {
+		return nil
+	}
+	return transient(job.ContextLocalFile, job.ERROR_DISK_FULL, nil,
+		"not enough free space for %s: %d bytes free, %d needed (%d still to write, %d kept in reserve)",
+		ft.r.TempName, free, need, need-ft.r.MinFreeBytes, ft.r.MinFreeBytes)
 }
 
 // action is what to do with a response.
@@ -328,12 +513,37 @@ const (
 )
 
 func (ft *fetcher) transfer(ctx context.Context) (Result, error) {
+	if ft.ranged {
+		if ft.st.Total >= 0 && ft.pos == ft.st.Total {
+			return ft.finish() // a crash after the last byte, before the Complete sidecar
+		}
+		if f := ft.tooLarge(ft.st.Total, "the total of the file's ranges"); f != nil {
+			return Result{}, ft.fail(ctx, f)
+		}
+	}
+	if ft.st.Total >= 0 {
+		if f := ft.checkSpace(); f != nil {
+			return Result{}, ft.fail(ctx, f)
+		}
+	}
 	for {
-		resp, sentRange, err := ft.get(ctx)
+		resp, ask, err := ft.get(ctx)
 		if err != nil {
 			return Result{}, ft.fail(ctx, err)
 		}
-		act, end, f := ft.accept(resp, sentRange)
+		var (
+			act action
+			end int64
+			f   *Failure
+		)
+		if ft.ranged {
+			act, end, f = ft.acceptRange(resp, ask)
+		} else {
+			act, end, f = ft.accept(resp, ask.sent)
+		}
+		if f == nil && act == actStream {
+			f = ft.checkSpace()
+		}
 		if f != nil {
 			resp.Body.Close()
 			return Result{}, ft.fail(ctx, f)
@@ -346,14 +556,14 @@ func (ft *fetcher) transfer(ctx context.Context) (Result, error) {
 			resp.Body.Close()
 		case actStream:
 			from := ft.pos
-			err := ft.stream(resp, end)
+			err := ft.stream(ctx, resp, end)
 			resp.Body.Close()
 			if err != nil {
 				return Result{}, ft.fail(ctx, err)
 			}
 			if ft.st.Total >= 0 && ft.pos < ft.st.Total {
 				// The server sent a shorter range than asked for
-				// (some cap ranges); ask for the rest.
+				// (some cap ranges), or the next range is due.
 				if ft.pos == from {
 					return Result{}, ft.fail(ctx, fatal(job.ContextRemoteFile, job.BG_E_INVALID_SERVER_RESPONSE, nil,
 						"the server sent an empty range at offset %d of %d", ft.pos, ft.st.Total))
@@ -365,15 +575,21 @@ func (ft *fetcher) transfer(ctx context.Context) (Result, error) {
 	}
 }
 
+// asked is the byte range a request asked for.
+type asked struct {
+	sent        bool  // a Range header was sent
+	first, last int64 // remote offsets, inclusive; last -1 = to the end
+}
+
 // get sends the request for the bytes from pos on.
-func (ft *fetcher) get(ctx context.Context) (*http.Response, bool, error) {
+func (ft *fetcher) get(ctx context.Context) (*http.Response, asked, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, ft.r.URL, nil)
 	if err != nil {
 		var ue *url.Error
 		if errors.As(err, &ue) {
 			err = ue.Err
 		}
-		return nil, false, fatal(job.ContextRemoteFile, job.ERROR_WINHTTP_INVALID_URL, err, "cannot build the request: %s", err.Error())
+		return nil, asked{}, fatal(job.ContextRemoteFile, job.ERROR_WINHTTP_INVALID_URL, err, "cannot build the request: %s", err.Error())
 	}
 	for k, v := range ft.r.Header {
 		req.Header[k] = append([]string(nil), v...)
@@ -388,9 +604,21 @@ func (ft *fetcher) get(ctx context.Context) (*http.Response, bool, error) {
 	if req.Header.Get("User-Agent") == "" {
 		req.Header.Set("User-Agent", "ferry-agent")
 	}
-	sentRange := ft.pos > 0
-	if sentRange {
-		req.Header.Set("Range", "bytes="+strconv.FormatInt(ft.pos, 10)+"-")
+	var a asked
+	switch {
+	case ft.r.Dynamic:
+		// Never a Range: dynamic content has no stable byte positions.
+	case ft.ranged:
+		first, last, ok := ft.plan().ask(ft.pos)
+		if !ok {
+			return nil, asked{}, fatal(job.ContextRemoteFile, job.E_UNEXPECTED, nil, "no range is left to fetch at offset %d", ft.pos)
+		}
+		a = asked{sent: true, first: first, last: last}
+	case ft.pos > 0:
+		a = asked{sent: true, first: ft.pos, last: -1}
+	}
+	if a.sent {
+		req.Header.Set("Range", rangeHeader(a.first, a.last))
 		switch {
 		case strings.HasPrefix(ft.st.ETag, `"`): // strong ETag
 			req.Header.Set("If-Range", ft.st.ETag)
@@ -398,8 +626,16 @@ func (ft *fetcher) get(ctx context.Context) (*http.Response, bool, error) {
 			req.Header.Set("If-Range", ft.st.LastModified)
 		}
 	}
+	ft.redir.reset()
 	resp, err := ft.r.Client.Do(req)
-	return resp, sentRange, err
+	if err == nil {
+		if ft.redir.report() && resp.Request != nil && resp.Request.URL.String() != req.URL.String() {
+			ft.st.FinalURL = redactURL(resp.Request.URL)
+		} else {
+			ft.st.FinalURL = ""
+		}
+	}
+	return resp, a, err
 }
 
 // validatorChanged reports whether the response's validators show a
@@ -417,6 +653,7 @@ func (ft *fetcher) validatorChanged(h http.Header) bool {
 // adopt records the response's validators (they describe what is staged
 // from now on).
 func (ft *fetcher) adopt(h http.Header) {
+	ft.st.Header = keptHeader(h)
 	if et := h.Get("ETag"); et != "" {
 		ft.st.ETag = et
 	}
@@ -430,17 +667,22 @@ func (ft *fetcher) adopt(h http.Header) {
 func (ft *fetcher) accept(resp *http.Response, sentRange bool) (act action, end int64, f *Failure) {
 	h := resp.Header
 	switch code := resp.StatusCode; {
+	case code == http.StatusPartialContent && isMultipart(h):
+		return 0, 0, fatal(job.ContextRemoteFile, job.BG_E_INVALID_SERVER_RESPONSE, nil,
+			"the server answered a single range with multipart/byteranges")
 	case code == http.StatusPartialContent && sentRange:
 		cr, err := parseContentRange(h.Get("Content-Range"))
 		switch {
+		case ft.validatorChanged(h), err == nil && ft.st.Total >= 0 && cr.Total >= 0 && cr.Total != ft.st.Total:
+			// The server ignored If-Range, or the size changed.
+			return actAgain, 0, ft.reset(RestartValidatorChange)
 		case err != nil, cr.unsatisfied(), cr.First != ft.pos,
-			ft.st.Total >= 0 && cr.Total >= 0 && cr.Total != ft.st.Total,
 			resp.ContentLength >= 0 && resp.ContentLength != cr.Last-cr.First+1:
 			ft.log.Debug().Str("content_range", printable(h.Get("Content-Range"), 80)).Int64("asked", ft.pos).Msg("unusable Content-Range")
 			return actAgain, 0, ft.reset(RestartBadContentRange)
-		case ft.validatorChanged(h):
-			// The server ignored If-Range.
-			return actAgain, 0, ft.reset(RestartValidatorChange)
+		}
+		if f := ft.tooLarge(cr.Total, "the file"); f != nil {
+			return 0, 0, f
 		}
 		if cr.Total >= 0 {
 			ft.st.Total = cr.Total
@@ -455,11 +697,17 @@ func (ft *fetcher) accept(resp *http.Response, sentRange bool) (act action, end 
 			return 0, 0, fatal(job.ContextRemoteFile, job.BG_E_INVALID_SERVER_RESPONSE, nil,
 				"the server sent partial content (%q) to a request for the whole file", printable(h.Get("Content-Range"), 80))
 		}
+		if f := ft.tooLarge(cr.Total, "the file"); f != nil {
+			return 0, 0, f
+		}
 		ft.st.Total = cr.Total
 		ft.adopt(h)
 		return actStream, cr.Total, nil
 
 	case code == http.StatusOK, code == http.StatusNonAuthoritativeInfo:
+		if f := ft.tooLarge(resp.ContentLength, "the file"); f != nil {
+			return 0, 0, f
+		}
 		if ft.pos > 0 {
 			reason := RestartNoRangeSupport
 			if ft.validatorChanged(h) {
@@ -472,6 +720,7 @@ func (ft *fetcher) accept(resp *http.Response, sentRange bool) (act action, end 
 		// A whole new representation: its validators replace any others.
 		ft.st.Total = resp.ContentLength // -1 when unknown
 		ft.st.ETag, ft.st.LastModified = h.Get("ETag"), h.Get("Last-Modified")
+		ft.st.Header = keptHeader(h)
 		return actStream, ft.st.Total, nil
 
 	case code == http.StatusRequestedRangeNotSatisfiable && sentRange:
@@ -490,13 +739,93 @@ func (ft *fetcher) accept(resp *http.Response, sentRange bool) (act action, end 
 	return 0, 0, httpFailure(resp, time.Now())
 }
 
+// acceptRange decides what to do with the response to a request for one of
+// Request.Ranges. Unlike a whole file, a server that cannot serve ranges is
+// a fatal error: there is nothing to fall back on.
+func (ft *fetcher) acceptRange(resp *http.Response, a asked) (act action, end int64, f *Failure) {
+	const rf = job.ContextRemoteFile
+	h := resp.Header
+	asked := rangeHeader(a.first, a.last)
+	switch code := resp.StatusCode; {
+	case code == http.StatusPartialContent:
+		if isMultipart(h) {
+			return 0, 0, fatal(rf, job.BG_E_INVALID_SERVER_RESPONSE, nil,
+				"the server answered the range %s with multipart/byteranges", asked)
+		}
+		cr, err := parseContentRange(h.Get("Content-Range"))
+		if err != nil || cr.unsatisfied() {
+			return 0, 0, fatal(rf, job.BG_E_INVALID_SERVER_RESPONSE, err,
+				"the server answered the range %s with an unusable Content-Range %q", asked, printable(h.Get("Content-Range"), 80))
+		}
+		if ft.validatorChanged(h) || (cr.Total >= 0 && ft.st.RemoteSize > 0 && cr.Total != ft.st.RemoteSize) {
+			return ft.remoteChanged()
+		}
+		if cr.First != a.first || (a.last >= 0 && cr.Last > a.last) ||
+			(resp.ContentLength >= 0 && resp.ContentLength != cr.Last-cr.First+1) {
+			return 0, 0, fatal(rf, job.BG_E_INVALID_SERVER_RESPONSE, nil,
+				"the server answered the range %s with Content-Range %q", asked, printable(h.Get("Content-Range"), 80))
+		}
+		if cr.Total >= 0 {
+			if i := ft.plan().pastEOF(cr.Total); i >= 0 {
+				r := ft.r.Ranges[i]
+				return 0, 0, fatal(rf, job.BG_E_INVALID_RANGE, nil,
+					"range %d (offset %d, length %d) is past the end of the %d-byte remote file", i, r.Offset, r.Length, cr.Total)
+			}
+			ft.st.RemoteSize = cr.Total
+			ft.st.Total = ft.plan().total()
+			if f := ft.tooLarge(ft.st.Total, "the total of the file's ranges"); f != nil {
+				return 0, 0, f
+			}
+		} else if ft.st.Total < 0 {
+			return 0, 0, fatal(rf, job.BG_E_MISSING_FILE_SIZE, nil,
+				"the file has a range to the end of the file and the server did not say the file's size (Content-Range %q)", printable(h.Get("Content-Range"), 80))
+		}
+		ft.adopt(h)
+		return actStream, ft.pos + cr.Last - cr.First + 1, nil
+
+	case code == http.StatusOK, code == http.StatusNonAuthoritativeInfo:
+		if ft.validatorChanged(h) {
+			return ft.remoteChanged() // If-Range did its job
+		}
+		return 0, 0, fatal(rf, job.BG_E_INSUFFICIENT_RANGE, nil,
+			"the server answered the range request %s with the whole file (%s); it does not support ranges", asked, printable(resp.Status, 40))
+
+	case code == http.StatusRequestedRangeNotSatisfiable:
+		if ft.validatorChanged(h) {
+			return ft.remoteChanged()
+		}
+		size := "an unknown size"
+		if cr, err := parseContentRange(h.Get("Content-Range")); err == nil && cr.unsatisfied() {
+			size = fmt.Sprintf("%d bytes", cr.Total)
+		}
+		return 0, 0, fatal(rf, job.BG_E_INVALID_RANGE, nil,
+			"the server cannot satisfy the range %s (the remote file has %s)", asked, size)
+	}
+	return 0, 0, httpFailure(resp, time.Now())
+}
+
+// remoteChanged starts a file of ranges over because the remote file
+// changed, at most maxChangeRestarts times per Fetch.
+func (ft *fetcher) remoteChanged() (action, int64, *Failure) {
+	ft.changes++
+	if ft.changes > maxChangeRestarts {
+		return 0, 0, transient(job.ContextRemoteFile, job.BG_E_REMOTE_FILE_CHANGED, nil,
+			"the remote file changed %d times during the transfer of its ranges", ft.changes)
+	}
+	return actAgain, 0, ft.reset(RestartValidatorChange)
+}
+
+func isMultipart(h http.Header) bool {
+	return strings.HasPrefix(strings.ToLower(strings.TrimSpace(h.Get("Content-Type"))), "multipart/")
+}
+
 // stream writes the body from pos on, checkpointing as it goes.
 //
 // Two fixed buffers alternate: while one chunk is written to the file and
 // hashed by a helper goroutine, the next is read from the network. Memory
 // stays at two buffers whatever the file size; the helper never outlives
 // the call.
-func (ft *fetcher) stream(resp *http.Response, end int64) (err error) {
+func (ft *fetcher) stream(ctx context.Context, resp *http.Response, end int64) (err error) {
 	if !ft.started {
 		ft.started = true
 		if ft.r.OnTransferring != nil {
@@ -510,6 +839,10 @@ func (ft *fetcher) stream(resp *http.Response, end int64) (err error) {
 	defer bufPool.Put(b1)
 	defer bufPool.Put(b2)
 	cur, spare := *b1, *b2
+	if c := chunkLimit(ft.r.Limiter); c > 0 && c < len(cur) {
+		// rate.Limiter refuses to wait for more than its burst at once.
+		cur, spare = cur[:c], spare[:c]
+	}
 
 	// One chunk at most is in flight; its result comes back on done.
 	type written struct {
@@ -554,6 +887,18 @@ func (ft *fetcher) stream(resp *http.Response, end int64) (err error) {
 			if end >= 0 && ft.pos+int64(n) > end {
 				return fatal(job.ContextRemoteFile, job.BG_E_INVALID_SERVER_RESPONSE, nil,
 					"the server sent more than the %d bytes it announced", end)
+			}
+			if f := ft.tooLarge(ft.pos+int64(n), "the body received so far"); f != nil {
+				return f
+			}
+			if ft.r.Limiter != nil {
+				if err := ft.r.Limiter.WaitN(ctx, n); err != nil {
+					if ctx.Err() != nil {
+						return ctx.Err()
+					}
+					return transient(job.ContextGeneralTransport, job.BG_E_BLOCKED_BY_POLICY, fmt.Errorf("%w: %w", errLimiterWait, err),
+						"the bandwidth limit does not allow the transfer to go on: %s", err.Error())
+				}
 			}
 			chunk := p[:n]
 			inflight = n
@@ -626,6 +971,9 @@ func (ft *fetcher) checkpoint(hook bool) error {
 func (ft *fetcher) finish() (Result, error) {
 	if ft.st.Total < 0 {
 		ft.st.Total = ft.pos
+	}
+	if f := ft.validate(); f != nil {
+		return Result{}, f
 	}
 	ft.st.Complete = true
 	if err := ft.checkpoint(false); err != nil {

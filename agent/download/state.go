@@ -8,14 +8,20 @@ import (
 	"fmt"
 	"hash"
 	"io/fs"
+	"net/http"
 	"os"
 	"path/filepath"
 	"runtime"
 )
 
 // stateVersion is the sidecar's format version. A sidecar of another version
-// is treated as corrupt (the download restarts), never misread.
-const stateVersion = 1
+// is treated as corrupt (the download restarts), never misread. Version 2
+// is written only for files with ranges, so that an agent that knows only
+// version 1 starts such a file over instead of resuming it as a whole file.
+const (
+	stateVersion       = 1
+	stateVersionRanges = 2
+)
 
 // state is the staging sidecar, TempName+".state". Its Offset bytes of the
 // temporary file are durable and hash to SHA256State.
@@ -26,8 +32,13 @@ type state struct {
 	SHA256State  []byte `json:"sha256_state"` // crypto/sha256 MarshalBinary, after Offset bytes
 	ETag         string `json:"etag,omitempty"`
 	LastModified string `json:"last_modified,omitempty"`
-	Total        int64  `json:"total"` // -1 unknown
+	Total        int64  `json:"total"` // -1 unknown; with ranges, their total
 	Complete     bool   `json:"complete,omitempty"`
+
+	Ranges     []Range     `json:"ranges,omitempty"`      // the request's ranges (version 2)
+	RemoteSize int64       `json:"remote_size,omitempty"` // the remote file's size as a range response said, 0 unknown
+	Header     http.Header `json:"header,omitempty"`      // the kept headers of the last response
+	FinalURL   string      `json:"final_url,omitempty"`   // redacted, RedirectAllowReport only
 }
 
 func stateName(tempName string) string { return tempName + ".state" }
@@ -56,7 +67,8 @@ func loadState(root *os.Root, tempName string) (st state, h hash.Hash, ok bool, 
 	if err := json.Unmarshal(data, &st); err != nil {
 		return state{}, nil, true, fmt.Errorf("corrupt state sidecar: %w", err)
 	}
-	if st.Version != stateVersion || st.Offset < 0 || st.Total < -1 || (st.Total >= 0 && st.Offset > st.Total) {
+	if (st.Version != stateVersion && st.Version != stateVersionRanges) || (st.Version == stateVersionRanges) != (st.Ranges != nil) ||
+		st.RemoteSize < 0 || st.Offset < 0 || st.Total < -1 || (st.Total >= 0 && st.Offset > st.Total) {
 		return state{}, nil, true, errors.New("state sidecar is inconsistent")
 	}
 	h = sha256.New()
@@ -74,6 +86,9 @@ func saveState(root *os.Root, dir *os.File, tempName string, st state, h hash.Ha
 		return err
 	}
 	st.Version = stateVersion
+	if st.Ranges != nil {
+		st.Version = stateVersionRanges
+	}
 	st.SHA256State = hs
 	data, err := json.Marshal(st)
 	if err != nil {

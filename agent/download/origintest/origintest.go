@@ -116,8 +116,8 @@ type Server struct {
 type fileState struct {
 	cur      File
 	next     *File
-	afterReq int   // switch to next once this many requests for the path were served (0 off)
-	afterB   int64 // or once this many body bytes were served (0 off)
+	afterReq int   // switch to next once reqs reaches this (-1 off)
+	afterB   int64 // or once bytes reaches this (-1 off)
 	reqs     int
 	bytes    int64
 }
@@ -193,11 +193,12 @@ func (s *Server) SetFile(path string, f File) {
 	s.files[path] = &fileState{cur: f}
 }
 
-// ChangeAfter replaces the file at path with next once afterRequests
-// requests for it were served, or once afterBytes body bytes of it were sent
-// (whichever comes first; 0 disables a trigger). The request in flight when
-// the byte count is reached finishes with the old version; the next one sees
-// the new.
+// ChangeAfter replaces the file at path with next after afterRequests more
+// requests for it were served with the current version, or once
+// afterBytes more body bytes of it were sent, whichever comes first (0
+// disables a trigger; both 0 changes it for the very next request). A
+// response in flight when the byte count is reached finishes with the old
+// version; the next request sees the new.
 func (s *Server) ChangeAfter(path string, next File, afterRequests int, afterBytes int64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -205,9 +206,9 @@ func (s *Server) ChangeAfter(path string, next File, afterRequests int, afterByt
 	if fs == nil {
 		panic("origintest: ChangeAfter for unknown path " + path)
 	}
-	fs.next, fs.afterReq, fs.afterB = &next, fs.reqs+afterRequests, 0
-	if afterRequests == 0 {
-		fs.afterReq = 0
+	fs.next, fs.afterReq, fs.afterB = &next, -1, -1
+	if afterRequests > 0 || afterBytes <= 0 {
+		fs.afterReq = fs.reqs + afterRequests
 	}
 	if afterBytes > 0 {
 		fs.afterB = fs.bytes + afterBytes
@@ -329,7 +330,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	var file File
 	if fs != nil {
-		if fs.next != nil && (fs.afterReq > 0 && fs.reqs >= fs.afterReq || fs.afterB > 0 && fs.bytes >= fs.afterB) {
+		if fs.next != nil && (fs.afterReq >= 0 && fs.reqs >= fs.afterReq || fs.afterB >= 0 && fs.bytes >= fs.afterB) {
 			fs.cur, fs.next = *fs.next, nil
 		}
 		fs.reqs++
