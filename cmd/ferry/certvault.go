@@ -28,8 +28,9 @@ With a keyring file (the dev stack's <data-dir>/vault.kek), the new key is:
   - else a new random key, written to the keyring file (atomically, mode
     0600) before it is used.
 --finish never makes a new key; --retire then drops from the keyring file
-the versions no record uses any more. With several certvault processes:
-rotate-key, restart the others, then rotate-key --finish --retire.
+the versions no record uses any more. With several certvault processes, add
+the new version to every keyring file and restart them all first; then
+rotate-key --retire only rewraps and retires (docs/certvault.md).
 
 With the keyring in FERRY_VAULT_KEK certvault cannot write a key: add
 "2:<base64>" to the variable, restart, and run rotate-key (it rewraps).
