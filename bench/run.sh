@@ -9,6 +9,7 @@ trap 'rm -f "$out"' EXIT
 
 go test ./bench/ -run '^$' -bench 'BenchmarkTransfer' -benchtime 5x -count "$count" | tee -a "$out"
 go test ./agent/download/ -run '^$' -bench . -benchtime 20x -count "$count" | tee -a "$out"
+go test ./bench/ -run '^$' -bench 'BenchmarkFetch1GiB' -benchtime 2x -count "$count" | tee -a "$out"
 go test ./events/ -run '^$' -bench 'BenchmarkAppend' -benchtime 2000x -count "$count" | tee -a "$out"
 
 # ratio NAME_A NAME_B FIELD: median of A over median of B
@@ -23,4 +24,5 @@ echo
 echo "== ratios (medians of $count runs) =="
 ratio BenchmarkTransfer/ferry BenchmarkTransfer/curl MB/s
 ratio BenchmarkFetch BenchmarkRawCopy MB/s
+ratio BenchmarkFetch1GiB/fetch BenchmarkFetch1GiB/raw MB/s
 ratio BenchmarkAppend BenchmarkAppendRawPublish ns/op
