@@ -119,7 +119,11 @@ func (c *CLI) PrintJob(j job.Job) {
 	if t := j.Times.TransferCompletion; t != nil {
 		fmt.Fprintf(tw, "Transferred\t%s\n", t.Local().Format(time.RFC3339))
 	}
-	fmt.Fprintf(tw, "Retry policy\tminimum retry delay %ds, no-progress timeout %ds\n", j.RetryPolicy.MinimumRetryDelaySec, j.RetryPolicy.NoProgressTimeoutSec)
+	fmt.Fprintf(tw, "Retry policy\tminimum retry delay %ds, no-progress timeout %ds, max download time %s\n",
+		j.RetryPolicy.MinimumRetryDelaySec, j.RetryPolicy.NoProgressTimeoutSec, secondsText(j.RetryPolicy.MaxDownloadTimeSec))
+	if opts := optionsText(j.Options); opts != "" {
+		fmt.Fprintf(tw, "Options\t%s\n", opts)
+	}
 	if j.Agent != "" {
 		fmt.Fprintf(tw, "Agent\t%s (attempt %d)\n", j.Agent, j.Attempt)
 	}
@@ -141,6 +145,47 @@ func (c *CLI) PrintJob(j job.Job) {
 		}
 		fmt.Fprintf(c.Out, "  %s [%d] %s -> %s  %s\n", mark, i, f.RemoteURL, f.LocalName, bytesText(f.BytesTransferred, f.BytesTotal))
 	}
+}
+
+func secondsText(s int64) string {
+	if s <= 0 {
+		return "none"
+	}
+	return (time.Duration(s) * time.Second).String()
+}
+
+// optionsText summarizes the options that differ from the defaults. Custom
+// header values are not shown (only names), as they often carry tokens.
+func optionsText(o events.JobOptions) string {
+	var parts []string
+	if o.Dynamic {
+		parts = append(parts, "dynamic content")
+	}
+	if o.MaxDownloadSize > 0 {
+		parts = append(parts, fmt.Sprintf("max download size %d", o.MaxDownloadSize))
+	}
+	if len(o.IgnoreCertErrors) > 0 {
+		parts = append(parts, "ignores "+strings.Join(o.IgnoreCertErrors, "+"))
+	}
+	if o.RedirectPolicy != "" {
+		parts = append(parts, "redirects "+o.RedirectPolicy)
+	}
+	if o.AllowHTTPSToHTTP {
+		parts = append(parts, "https→http allowed")
+	}
+	if o.AnonymousClientAuth {
+		parts = append(parts, "anonymous client auth")
+	}
+	if p := o.Proxy; p != nil {
+		parts = append(parts, "proxy "+p.Usage+" "+strings.Join(p.List, " "))
+	}
+	if len(o.CustomHeaders) > 0 {
+		parts = append(parts, "headers "+strings.Join(job.HeaderNames(o.CustomHeaders), ", "))
+	}
+	if n := o.Notify; n != nil {
+		parts = append(parts, "notify "+strings.Join(n.Flags, "+")+" to "+n.URL)
+	}
+	return strings.Join(parts, "; ")
 }
 
 // PrintJobs shows a table of jobs.
@@ -336,6 +381,9 @@ type TransferOptions struct {
 	Timeout     time.Duration
 	// Cert, if set, is the job's client certificate, set before it resumes.
 	Cert CertSpec
+	// Options and MaxDownloadTimeS are passed to the job's creation.
+	Options          *job.OptionsPatch
+	MaxDownloadTimeS *int64
 }
 
 // Transfer is `ferry transfer`: create and resume a job, watch it, complete
@@ -353,7 +401,8 @@ func (c *CLI) Transfer(ctx context.Context, files []events.FileSpec, o TransferO
 			name += fmt.Sprintf(" and %d more", len(files)-1)
 		}
 	}
-	created, err := c.CreateWithCert(ctx, coordinator.CreateRequest{DisplayName: name, Priority: o.Priority, Files: files, Resume: true}, o.Cert)
+	created, err := c.CreateWithCert(ctx, coordinator.CreateRequest{DisplayName: name, Priority: o.Priority, Files: files, Resume: true,
+		Options: o.Options, MaxDownloadTimeS: o.MaxDownloadTimeS}, o.Cert)
 	if err != nil {
 		return created, err
 	}

@@ -29,6 +29,8 @@ func jobCreateCmd(g *globals) *cobra.Command {
 	var req coordinator.CreateRequest
 	var cert services.CertSpec
 	var minDelay, noProgress time.Duration
+	var opts optionFlags
+	var ff fileFlags
 	cmd := &cobra.Command{
 		Use:   "create [URL DEST...]",
 		Short: "Create a job (SUSPENDED) with optional files",
@@ -42,6 +44,10 @@ func jobCreateCmd(g *globals) *cobra.Command {
 					return err
 				}
 			}
+			if err := ff.apply(req.Files); err != nil {
+				return err
+			}
+			req.Options, req.MaxDownloadTimeS = opts.patch(cmd), opts.maxDownloadSeconds(cmd)
 			if cmd.Flags().Changed("min-retry-delay") {
 				s := int64(minDelay / time.Second)
 				req.MinimumRetryDelayS = &s
@@ -71,11 +77,14 @@ func jobCreateCmd(g *globals) *cobra.Command {
 	f.DurationVar(&minDelay, "min-retry-delay", 600*time.Second, "MinimumRetryDelay (at least 5s)")
 	f.DurationVar(&noProgress, "no-progress-timeout", 14*24*time.Hour, "NoProgressTimeout (0: every error is fatal)")
 	addCertFlags(cmd, &cert)
+	addOptionFlags(cmd, &opts, false)
+	addFileFlags(cmd, &ff)
 	return cmd
 }
 
 func jobAddFileCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
+	var ff fileFlags
+	cmd := &cobra.Command{
 		Use:   "add-file JOB URL DEST [URL DEST...]",
 		Short: "Add files to a job (they run in order, after its other files)",
 		Args:  cobra.MinimumNArgs(3),
@@ -86,6 +95,9 @@ func jobAddFileCmd(g *globals) *cobra.Command {
 			}
 			files, err := services.FileArgs(args[1:])
 			if err != nil {
+				return err
+			}
+			if err := ff.apply(files); err != nil {
 				return err
 			}
 			id, err := c.ResolveID(cmd.Context(), args[0])
@@ -100,6 +112,8 @@ func jobAddFileCmd(g *globals) *cobra.Command {
 			return nil
 		},
 	}
+	addFileFlags(cmd, &ff)
+	return cmd
 }
 
 func jobActionCmd(g *globals, action, short string) *cobra.Command {
@@ -215,9 +229,10 @@ func jobSetCmd(g *globals) *cobra.Command {
 	var req coordinator.PatchRequest
 	var name, desc, prio string
 	var minDelay, noProgress time.Duration
+	var opts optionFlags
 	cmd := &cobra.Command{
 		Use:   "set JOB",
-		Short: "Change job properties: --priority, --name, --description, retry policy",
+		Short: "Change job properties: priority, name, retry policy, HTTP options, notifications",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := g.cli()
@@ -242,6 +257,7 @@ func jobSetCmd(g *globals) *cobra.Command {
 				s := int64(noProgress / time.Second)
 				req.NoProgressTimeoutS = &s
 			}
+			req.Options, req.MaxDownloadTimeS = opts.patch(cmd), opts.maxDownloadSeconds(cmd)
 			id, err := c.ResolveID(cmd.Context(), args[0])
 			if err != nil {
 				return err
@@ -260,6 +276,7 @@ func jobSetCmd(g *globals) *cobra.Command {
 	f.StringVar(&prio, "priority", "", "FOREGROUND, HIGH, NORMAL or LOW")
 	f.DurationVar(&minDelay, "min-retry-delay", 0, "MinimumRetryDelay")
 	f.DurationVar(&noProgress, "no-progress-timeout", 0, "NoProgressTimeout")
+	addOptionFlags(cmd, &opts, true)
 	return cmd
 }
 

@@ -13,6 +13,8 @@ import (
 
 func transferCmd(g *globals) *cobra.Command {
 	var o services.TransferOptions
+	var opts optionFlags
+	var ff fileFlags
 	cmd := &cobra.Command{
 		Use:   "transfer URL DEST [URL DEST...]",
 		Short: "Download files: create a job, resume it, watch it, complete it",
@@ -30,6 +32,10 @@ Exit status: 0 done, 1 failed (job in ERROR), 2 cancelled, 3 --timeout.`,
 			if err != nil {
 				return err
 			}
+			if err := ff.apply(files); err != nil {
+				return err
+			}
+			o.Options, o.MaxDownloadTimeS = opts.patch(cmd), opts.maxDownloadSeconds(cmd)
 			c, err := g.cli()
 			ctx := cmd.Context()
 			if err == nil {
@@ -81,5 +87,7 @@ Exit status: 0 done, 1 failed (job in ERROR), 2 cancelled, 3 --timeout.`,
 	f.StringVar(&o.Priority, "priority", "", "FOREGROUND, HIGH, NORMAL (default) or LOW")
 	f.DurationVar(&o.Timeout, "timeout", 0, "give up waiting after this long (the job goes on)")
 	addCertFlags(cmd, &o.Cert)
+	addOptionFlags(cmd, &opts, false)
+	addFileFlags(cmd, &ff)
 	return cmd
 }
