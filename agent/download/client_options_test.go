@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
-	"net/url"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -217,5 +216,3 @@ func TestSecurityFlags(t *testing.T) {
 		})
 	}
 }
-
-var _ = url.Parse

@@ -420,7 +420,8 @@ func (ft *fetcher) reset(reason string) *Failure {
 func (ft *fetcher) fresh() state {
 	st := state{URL: ft.r.URL, Total: -1, Ranges: ft.r.Ranges}
 	if ft.ranged {
-		st.Total = ft.plan().total()
+		// Nothing is known of the remote file yet (it may have changed).
+		st.Total = rangePlan{ranges: ft.r.Ranges, remoteSize: -1}.total()
 	}
 	return st
 }

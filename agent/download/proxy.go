@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"strconv"
 	"strings"
 
 	"github.com/ferry-dev/ferry/job"
@@ -36,7 +37,7 @@ func (u ProxyUsage) String() string {
 	case ProxyAutodetect:
 		return "AUTODETECT"
 	}
-	return "ProxyUsage(" + string(rune('0'+int(u))) + ")"
+	return "ProxyUsage(" + strconv.Itoa(int(u)) + ")"
 }
 
 // MaxProxyListLen is BITS's limit on each of the proxy and bypass lists
@@ -170,6 +171,8 @@ func proxyFunc(p ProxySettings, blockMetadata bool) func(*http.Request) (*url.UR
 		}
 		return nil
 	case ProxyPreconfig, ProxyAutodetect:
+		// net/http reads the environment once per process; requests to
+		// localhost and loopback addresses are never proxied.
 		choose = http.ProxyFromEnvironment
 	case ProxyOverride:
 		entries, _ := parseProxyList(p.List)

@@ -204,11 +204,20 @@ func chunkLimit(l Limiter) int {
 // HTTP_RESPONSE_HEADERS file property, cut down to what describes the file).
 var responseHeaderKeys = []string{"ETag", "Last-Modified", "Content-Length", "Content-Type", "Content-Range", "Content-Encoding"}
 
+// maxKeptHeaderValue bounds each kept header value: the headers go into the
+// sidecar and, through the caller, into events.
+const maxKeptHeaderValue = 1024
+
+// keptHeader is the first value of each of responseHeaderKeys in h,
+// truncated to maxKeptHeaderValue bytes.
 func keptHeader(h http.Header) http.Header {
 	out := http.Header{}
 	for _, k := range responseHeaderKeys {
-		if v := h.Values(k); len(v) > 0 {
-			out[http.CanonicalHeaderKey(k)] = append([]string(nil), v...)
+		if v := h.Get(k); v != "" {
+			if len(v) > maxKeptHeaderValue {
+				v = v[:maxKeptHeaderValue]
+			}
+			out[http.CanonicalHeaderKey(k)] = []string{v}
 		}
 	}
 	return out

@@ -3,6 +3,7 @@ package download
 import (
 	"fmt"
 	"math"
+	"net/http"
 	"strings"
 	"testing"
 
@@ -253,4 +254,20 @@ func FuzzRangePlan(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestRangeToEOFNeedsFileSize: a range to the end of the file cannot be
+// placed when the server will not say how large the file is.
+func TestRangeToEOFNeedsFileSize(t *testing.T) {
+	ca := newCA(t, "test CA")
+	srv := tlsServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Range", "bytes 10-19/*")
+		w.Header().Set("Content-Length", "10")
+		w.WriteHeader(http.StatusPartialContent)
+		w.Write(make([]byte, 10))
+	}), ca.localhost(t), nil, false)
+	root, _ := testRoot(t)
+	_, err := Fetch(t.Context(), Request{URL: srv.URL, Root: root, TempName: tempName, Client: testClient(t, ClientOptions{RootCAs: ca.pool}),
+		Ranges: []Range{{10, LengthToEOF}}})
+	checkFailure(t, err, wantFailure{"BG_E_MISSING_FILE_SIZE", 0x80200011, false, job.ContextRemoteFile, 0})
 }
