@@ -54,6 +54,12 @@ type Config struct {
 	// an origin asks for one; nil: jobs with a certificate fail like jobs
 	// without one.
 	ClientCerts ClientCerts
+	// Bandwidth are the limits the agent starts with; the pool's setting
+	// in the settings bucket replaces them at run time.
+	Bandwidth Bandwidth
+	// MinFreeBytes is kept free on the disk: a file that would leave less
+	// fails with ERROR_DISK_FULL (transient) before it starts or resumes.
+	MinFreeBytes int64
 }
 
 // ClientCerts fetches the client certificate of a job this agent holds the
@@ -97,6 +103,8 @@ type Agent struct {
 	repo *jobstore.Repo
 	root *os.Root
 
+	limits *limiters
+
 	mu      sync.Mutex
 	running map[string]*run // job ID -> its transfer on this host
 }
@@ -120,11 +128,16 @@ func New(cfg Config, log zerolog.Logger, js jetstream.JetStream, store events.St
 	if err != nil {
 		return nil, fmt.Errorf("agent: open root: %w", err)
 	}
-	return &Agent{
+	a := &Agent{
 		cfg: cfg, log: log.With().Str("component", "agent").Str("agent", cfg.ID).Logger(),
 		js: js, repo: &jobstore.Repo{Store: store}, root: root,
-		running: map[string]*run{},
-	}, nil
+		running: map[string]*run{}, limits: newLimiters(),
+	}
+	if err := a.SetBandwidth(cfg.Bandwidth); err != nil {
+		root.Close()
+		return nil, err
+	}
+	return a, nil
 }
 
 // Run consumes commands until ctx ends. On return every transfer has stopped
@@ -147,6 +160,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return a.consume(ctx, pool, a.cfg.Slots, a.transfer) })
 	g.Go(func() error { return a.consume(ctx, pinned, 1, a.pinned) })
+	g.Go(func() error { return a.watchBandwidth(ctx) })
 	err = g.Wait()
 	if ctx.Err() != nil {
 		return nil
@@ -365,17 +379,37 @@ func (a *Agent) transferFile(ctx context.Context, j *job.Job, idx int, certs dow
 	// job's client certificate must never carry another job's requests, and
 	// net/http pools connections by host only. Its idle connections are
 	// closed when the transfer ends.
-	client := download.NewClient(a.cfg.Client)
+	copts := clientOptions(a.cfg.Client, j.Options)
+	if len(j.Options.IgnoreCertErrors) > 0 {
+		// An audited opt-in (the job's events say who set it); say so
+		// wherever the transfer is looked at.
+		log.Warn().Strs("ignore_cert_errors", j.Options.IgnoreCertErrors).Msg("server certificate checks relaxed for this job")
+	}
+	client := download.NewClient(copts)
 	defer client.CloseIdleConnections()
 	fetchCtx := ctx
-	if certs != nil {
+	switch {
+	case certs != nil:
 		fetchCtx = download.WithClientCertificate(ctx, certs)
+	case j.Options.AnonymousClientAuth:
+		fetchCtx = download.WithAnonymousClientAuth(ctx)
+	}
+	// MaxDownloadTime: the coordinator's clock fails the job at the
+	// deadline (and so fences this agent); stopping here as well ends the
+	// transfer at once rather than at the next checkpoint.
+	if at, ok := downloadDeadline(j, time.Now()); ok {
+		var cancel context.CancelFunc
+		fetchCtx, cancel = context.WithDeadlineCause(fetchCtx, at, errMaxDownloadTime)
+		defer cancel()
 	}
 	// With no provider, an origin that asks for a client certificate fails
 	// the transfer with ERROR_WINHTTP_CLIENT_AUTH_CERT_NEEDED (0x80072F0C)
 	// before any HTTP request is sent, as BITS does.
 	res, err := download.Fetch(fetchCtx, download.Request{
 		URL: f.RemoteURL, Root: a.root, TempName: temp, Client: client,
+		Header: customHeaders(j.Options.CustomHeaders), Ranges: fileRanges(f.Ranges),
+		ExpectedSHA256: f.ExpectedSHA256, Dynamic: j.Options.Dynamic, MaxSize: j.Options.MaxDownloadSize,
+		Limiter: a.limiter(j.Priority), MinFreeBytes: a.cfg.MinFreeBytes,
 		CheckpointInterval: a.cfg.CheckpointInterval, CheckpointBytes: a.cfg.CheckpointBytes,
 		Log: log.With().Int("file", idx).Logger(),
 		OnTransferring: func(s download.Start) error {
@@ -387,10 +421,14 @@ func (a *Agent) transferFile(ctx context.Context, j *job.Job, idx int, certs dow
 		},
 	})
 	if err != nil {
+		if errors.Is(context.Cause(fetchCtx), errMaxDownloadTime) && ctx.Err() == nil {
+			return maxDownloadFailure(j)
+		}
 		return err
 	}
 	return a.exec(ctx, j, job.FileDone{Agent: a.cfg.ID, FileIndex: idx, Bytes: res.Bytes, SHA256: res.SHA256,
-		TempName: temp, ETag: res.ETag, LastModified: res.LastModified})
+		TempName: temp, ETag: res.ETag, LastModified: res.LastModified,
+		ResponseHeaders: flatHeaders(res.Header), FinalURL: res.FinalURL})
 }
 
 // clientCertFor is the client-certificate provider of j's transfers, nil

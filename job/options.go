@@ -242,19 +242,25 @@ func validateProxy(p events.ProxySettings) (*events.ProxySettings, error) {
 	return out, nil
 }
 
-// validateProxyAddr accepts "host:port" or "http(s)://host:port" without
-// credentials (they would end up in events).
+// validateProxyAddr accepts "[http=|https=][scheme://]host[:port]" with
+// scheme http, https or socks5, and without credentials (they would end up
+// in events).
 func validateProxyAddr(s string) error {
 	raw := s
+	if k, rest, ok := strings.Cut(raw, "="); ok && (strings.EqualFold(k, "http") || strings.EqualFold(k, "https")) {
+		raw = rest
+	}
 	if !strings.Contains(raw, "://") {
 		raw = "http://" + raw
 	}
 	u, err := url.Parse(raw)
-	if err != nil || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" {
-		return Errorf(E_INVALIDARG, "proxy %q is not host:port or http(s)://host:port", s)
+	if err != nil || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || strings.ContainsAny(s, " ;\t") {
+		return Errorf(E_INVALIDARG, "proxy %q is not [http=|https=][scheme://]host[:port]", s)
 	}
-	if u.Scheme != "http" && u.Scheme != "https" {
-		return Errorf(E_INVALIDARG, "proxy %q: scheme must be http or https", s)
+	switch strings.ToLower(u.Scheme) {
+	case "http", "https", "socks5":
+	default:
+		return Errorf(E_INVALIDARG, "proxy %q: scheme must be http, https or socks5", s)
 	}
 	if u.User != nil {
 		return Errorf(E_INVALIDARG, "proxy %q must not carry credentials", s)
