@@ -41,8 +41,9 @@ func (u ProxyUsage) String() string {
 }
 
 // MaxProxyListLen is BITS's limit on each of the proxy and bypass lists
-// (4,000 characters).
-const MaxProxyListLen = 4000
+// (32,000 characters, as bitsmsg.h's BG_E_PROXY_LIST_TOO_LARGE text says;
+// the job model applies the same limit, job.MaxProxyList).
+const MaxProxyListLen = 32000
 
 // ProxySettings are BITS's SetProxySettings(Usage, ProxyList, BypassList).
 //
