@@ -56,7 +56,7 @@ type Config struct {
 	ClientCerts ClientCerts
 	// Bandwidth are the limits the agent starts with; the pool's setting
 	// in the settings bucket replaces them at run time.
-	Bandwidth Bandwidth
+	Bandwidth dispatch.Bandwidth
 	// MinFreeBytes is kept free on the disk: a file that would leave less
 	// fails with ERROR_DISK_FULL (transient) before it starts or resumes.
 	MinFreeBytes int64

@@ -3,48 +3,15 @@ package agent
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"math"
 
 	"github.com/ferry-dev/ferry/agent/download"
 	"github.com/ferry-dev/ferry/job"
+	"github.com/ferry-dev/ferry/job/dispatch"
 	"github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/time/rate"
 )
-
-// Bandwidth limits an agent's downloads in bytes per second; 0 means no
-// limit. Total bounds all transfers together, Class each priority class's
-// transfers together; a transfer waits on both.
-type Bandwidth struct {
-	Total int64                  `json:"total_bps,omitempty"`
-	Class map[job.Priority]int64 `json:"class_bps,omitempty"`
-}
-
-// Validate refuses negative rates and unknown classes.
-func (b Bandwidth) Validate() error {
-	var errs []error
-	if b.Total < 0 {
-		errs = append(errs, fmt.Errorf("total rate %d is negative", b.Total))
-	}
-	for p, r := range b.Class {
-		if _, err := job.ParsePriority(string(p)); err != nil || p == "" {
-			errs = append(errs, fmt.Errorf("unknown priority class %q", p))
-		}
-		if r < 0 {
-			errs = append(errs, fmt.Errorf("%s rate %d is negative", p, r))
-		}
-	}
-	return errors.Join(errs...)
-}
-
-// SettingsBucket is the KV bucket of run-time settings agents watch; the
-// bandwidth of the agents of pool P is the JSON Bandwidth at key
-// BandwidthKey(P).
-const SettingsBucket = "ferry_settings"
-
-// BandwidthKey is the settings key of a pool's bandwidth limits.
-func BandwidthKey(pool string) string { return "bandwidth." + pool }
 
 // minBurst lets a limited transfer still read a useful chunk per wait.
 const minBurst = 256 << 10
@@ -77,7 +44,7 @@ func setRate(l *rate.Limiter, bps int64) {
 
 // SetBandwidth changes the agent's limits; running transfers follow from
 // their next chunk.
-func (a *Agent) SetBandwidth(b Bandwidth) error {
+func (a *Agent) SetBandwidth(b dispatch.Bandwidth) error {
 	if err := b.Validate(); err != nil {
 		return fmt.Errorf("agent: bandwidth: %w", err)
 	}
@@ -87,6 +54,26 @@ func (a *Agent) SetBandwidth(b Bandwidth) error {
 	}
 	a.log.Info().Int64("total_bps", b.Total).Interface("class_bps", b.Class).Msg("bandwidth limits set")
 	return nil
+}
+
+// Bandwidth reports the limits in force.
+func (a *Agent) Bandwidth() dispatch.Bandwidth {
+	bps := func(l *rate.Limiter) int64 {
+		if l.Limit() == rate.Inf {
+			return 0
+		}
+		return int64(l.Limit())
+	}
+	b := dispatch.Bandwidth{Total: bps(a.limits.total)}
+	for p, l := range a.limits.class {
+		if r := bps(l); r > 0 {
+			if b.Class == nil {
+				b.Class = map[job.Priority]int64{}
+			}
+			b.Class[p] = r
+		}
+	}
+	return b
 }
 
 // limiter is the limiter of a transfer of priority p.
@@ -100,11 +87,11 @@ func (a *Agent) limiter(p job.Priority) download.Limiter {
 
 // watchBandwidth applies the pool's bandwidth setting whenever it changes.
 func (a *Agent) watchBandwidth(ctx context.Context) error {
-	kv, err := EnsureSettingsBucket(ctx, a.js)
+	kv, err := dispatch.EnsureSettingsBucket(ctx, a.js)
 	if err != nil {
 		return err
 	}
-	w, err := kv.Watch(ctx, BandwidthKey(a.cfg.Pool))
+	w, err := kv.Watch(ctx, dispatch.BandwidthKey(a.cfg.Pool))
 	if err != nil {
 		return fmt.Errorf("agent: watch bandwidth: %w", err)
 	}
@@ -120,7 +107,7 @@ func (a *Agent) watchBandwidth(ctx context.Context) error {
 			if e == nil { // initial values delivered
 				continue
 			}
-			var b Bandwidth
+			var b dispatch.Bandwidth
 			if e.Operation() == jetstream.KeyValuePut {
 				if err := json.Unmarshal(e.Value(), &b); err != nil {
 					a.log.Warn().Err(err).Msg("ignoring a bandwidth setting that is not valid JSON")
@@ -132,14 +119,4 @@ func (a *Agent) watchBandwidth(ctx context.Context) error {
 			}
 		}
 	}
-}
-
-// EnsureSettingsBucket opens (creating if needed) the settings bucket.
-func EnsureSettingsBucket(ctx context.Context, js jetstream.JetStream) (jetstream.KeyValue, error) {
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: SettingsBucket, History: 5,
-		Description: "ferry run-time settings (bandwidth limits per pool)"})
-	if err != nil {
-		return nil, fmt.Errorf("settings bucket: %w", err)
-	}
-	return kv, nil
 }

@@ -53,6 +53,7 @@ type Service struct {
 	repo      *jobstore.Repo
 	readModel ReadModel
 	projector *Projector
+	settings  jetstream.KeyValue
 	kick      chan struct{}
 }
 
@@ -72,10 +73,14 @@ func New(ctx context.Context, cfg Config, log zerolog.Logger, js jetstream.JetSt
 	if _, err := dispatch.EnsureStream(ctx, js, dispatch.StreamOptions{}); err != nil {
 		return nil, err
 	}
+	settings, err := dispatch.EnsureSettingsBucket(ctx, js)
+	if err != nil {
+		return nil, err
+	}
 	s := &Service{
 		cfg: cfg, log: log.With().Str("component", "coordinator").Logger(), js: js, store: store,
 		repo:      &jobstore.Repo{Store: store},
-		readModel: ReadModel{KV: kv},
+		readModel: ReadModel{KV: kv}, settings: settings,
 		kick:      make(chan struct{}, 1),
 	}
 	s.projector = &Projector{Store: store, KV: kv, Log: s.log, OnApply: s.onApply}

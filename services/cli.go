@@ -18,6 +18,7 @@ import (
 	"github.com/ferry-dev/ferry/coordinator"
 	"github.com/ferry-dev/ferry/events"
 	"github.com/ferry-dev/ferry/job"
+	"github.com/ferry-dev/ferry/job/dispatch"
 )
 
 // Exit codes of the CLI.
@@ -214,6 +215,25 @@ func (c *CLI) PrintAction(action string, r coordinator.ActionResponse) {
 		return
 	}
 	fmt.Fprintf(c.Out, "%s %s: %s, job is %s%s\n", action, r.Job.ID, r.Code, r.Job.State, pendingText(&r.Job))
+}
+
+// PrintBandwidth shows a pool's bandwidth limits.
+func (c *CLI) PrintBandwidth(pool string, b dispatch.Bandwidth) {
+	if c.JSON {
+		c.writeJSON(b)
+		return
+	}
+	rate := func(r int64) string {
+		if r <= 0 {
+			return "unlimited"
+		}
+		return fmt.Sprintf("%.3g MB/s", float64(r)/1e6)
+	}
+	fmt.Fprintf(c.Out, "pool %s: total %s", pool, rate(b.Total))
+	for _, p := range []job.Priority{job.Foreground, job.High, job.Normal, job.Low} {
+		fmt.Fprintf(c.Out, ", %s %s", p, rate(b.Class[p]))
+	}
+	fmt.Fprintln(c.Out)
 }
 
 func (c *CLI) writeJSON(v any) {

@@ -20,6 +20,7 @@ import (
 	"github.com/ferry-dev/ferry/coordinator"
 	"github.com/ferry-dev/ferry/events"
 	"github.com/ferry-dev/ferry/job"
+	"github.com/ferry-dev/ferry/job/dispatch"
 )
 
 // Client talks to a coordinator's HTTP API.
@@ -186,6 +187,18 @@ func (c *Client) AddFiles(ctx context.Context, id string, files []events.FileSpe
 func (c *Client) Patch(ctx context.Context, id string, req coordinator.PatchRequest) (coordinator.ActionResponse, error) {
 	var r coordinator.ActionResponse
 	return r, c.do(ctx, http.MethodPatch, "/v1/jobs/"+url.PathEscape(id), req, &r)
+}
+
+// Bandwidth reads a pool's bandwidth limits.
+func (c *Client) Bandwidth(ctx context.Context, pool string) (dispatch.Bandwidth, error) {
+	var b dispatch.Bandwidth
+	return b, c.do(ctx, http.MethodGet, "/v1/pools/"+url.PathEscape(pool)+"/bandwidth", nil, &b)
+}
+
+// SetBandwidth replaces a pool's bandwidth limits (administrators only).
+func (c *Client) SetBandwidth(ctx context.Context, pool string, b dispatch.Bandwidth) (dispatch.Bandwidth, error) {
+	var out dispatch.Bandwidth
+	return out, c.do(ctx, http.MethodPut, "/v1/pools/"+url.PathEscape(pool)+"/bandwidth", b, &out)
 }
 
 // Events streams a job's events after sequence after, reconnecting with

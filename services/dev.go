@@ -95,7 +95,11 @@ type Dev struct {
 	once   sync.Once
 	err    error
 	coord  *coordinator.Service
+	agent  *agent.Agent
 }
+
+// Agent is the stack's agent.
+func (d *Dev) Agent() *agent.Agent { return d.agent }
 
 // StartDev starts NATS (embedded), the coordinator, one agent and optionally
 // the demo origin, and returns once all of them accept work.
@@ -235,6 +239,7 @@ func StartDev(ctx context.Context, cfg DevConfig, log zerolog.Logger) (_ *Dev, e
 	if err != nil {
 		return nil, err
 	}
+	d.agent = ag
 
 	ln, err := net.Listen("tcp", cfg.HTTP)
 	if err != nil {
