@@ -547,7 +547,7 @@ func (a *Agent) complete(ctx context.Context, j *job.Job, log zerolog.Logger) er
 		rel, err := a.relPath(f.LocalName)
 		if err != nil {
 			if f.Transferred {
-				return a.exec(ctx, j, job.CompleteFailed{Agent: a.cfg.ID, Error: localError(job.E_ACCESSDENIED, err.Error(), i)})
+				return a.exec(ctx, j, job.CompleteFailed{Agent: a.cfg.ID, Error: localError(job.E_ACCESSDENIED, err.Error(), i), Renamed: done})
 			}
 			continue
 		}
@@ -557,7 +557,7 @@ func (a *Agent) complete(ctx context.Context, j *job.Job, log zerolog.Logger) er
 		}
 		if err := a.publish(f.TempName, rel); err != nil {
 			log.Warn().Err(err).Int("file", i).Msg("complete: rename failed")
-			return a.exec(ctx, j, job.CompleteFailed{Agent: a.cfg.ID, Error: localError(codeForFS(err),
+			return a.exec(ctx, j, job.CompleteFailed{Agent: a.cfg.ID, Renamed: done, Error: localError(codeForFS(err),
 				fmt.Sprintf("cannot move the file to %s: %v", f.LocalName, errors.Unwrap(err)), i)})
 		}
 		done = append(done, i)
@@ -619,6 +619,17 @@ func (a *Agent) discard(j *job.Job, log zerolog.Logger) []string {
 		if err := download.Discard(a.root, TempName(rel, j.ID, i)); err != nil {
 			log.Warn().Err(err).Int("file", i).Msg("cannot delete temporary file")
 			undeleted = append(undeleted, f.LocalName)
+			continue
+		}
+		if j.State == job.Cancelled && f.Renamed && !f.Completed {
+			// A Complete that failed later renamed this one: Cancel takes
+			// it back, as it would the temporary file.
+			if err := a.root.Remove(rel); err != nil && !errors.Is(err, os.ErrNotExist) {
+				log.Warn().Err(err).Int("file", i).Msg("cannot delete a file renamed by a failed complete")
+				undeleted = append(undeleted, f.LocalName)
+			} else if err == nil {
+				_ = syncDir(a.root, path.Dir(rel))
+			}
 		}
 	}
 	return undeleted

@@ -248,9 +248,12 @@ type JobAcknowledged struct {
 	Partial bool  `json:"partial"`
 }
 
-// JobCompleteFailed: renaming failed; the job stays TRANSFERRED.
+// JobCompleteFailed: renaming failed; the job stays TRANSFERRED. Renamed
+// lists the files that were renamed before the failure: they are visible
+// under their names, and a Cancel deletes them with the temporary files.
 type JobCompleteFailed struct {
-	Error ErrorInfo `json:"error"`
+	Error   ErrorInfo `json:"error"`
+	Renamed []int     `json:"renamed,omitempty"`
 }
 
 // JobCancelled: the job is CANCELLED (final). Agent names the host whose

@@ -137,8 +137,9 @@ type (
 	}
 	// CompleteFailed reports that renaming failed; the job stays TRANSFERRED.
 	CompleteFailed struct {
-		Agent string
-		Error events.ErrorInfo
+		Agent   string
+		Error   events.ErrorInfo
+		Renamed []int // files renamed before the failure
 	}
 	// FilesDeleted reports the cleanup after Cancel.
 	FilesDeleted struct {
@@ -343,7 +344,12 @@ func Decide(j *Job, c Command, now time.Time) ([]events.Payload, error) {
 		if !j.PendingComplete || c.Agent != j.FilesAgent {
 			return nil, invalidState(j, c)
 		}
-		return one(&events.JobCompleteFailed{Error: c.Error}), nil
+		for _, i := range c.Renamed {
+			if err := fileIndex(j, i); err != nil {
+				return nil, err
+			}
+		}
+		return one(&events.JobCompleteFailed{Error: c.Error, Renamed: c.Renamed}), nil
 	case SetClientCertificate:
 		return decideSetCert(j, c)
 	case RemoveClientCertificate:

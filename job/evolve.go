@@ -148,6 +148,12 @@ func Apply(j *Job, p events.Payload, t time.Time) error {
 		}
 		j.State, j.PendingComplete, j.Agent, j.RetryAt = Acknowledged, false, "", nil
 	case *events.JobCompleteFailed:
+		for _, i := range e.Renamed {
+			if err := checkIndex(j, i); err != nil {
+				return err
+			}
+			j.Files[i].Renamed = true
+		}
 		j.PendingComplete = false
 		ei := e.Error
 		j.Error = &ei

@@ -80,7 +80,10 @@ type File struct {
 	// Transferred: every byte is staged in the temporary file.
 	Transferred bool `json:"transferred"`
 	// Completed: the file is visible under its local name (after Complete).
-	Completed    bool   `json:"completed"`
+	Completed bool `json:"completed"`
+	// Renamed: a Complete that then failed on another file renamed this one
+	// to its local name already (a Cancel deletes it).
+	Renamed      bool   `json:"renamed,omitempty"`
 	TempName     string `json:"temp_name,omitempty"`
 	SHA256       string `json:"sha256,omitempty"`
 	ETag         string `json:"etag,omitempty"`

@@ -386,3 +386,20 @@ func TestMaxDownloadTimeOption(t *testing.T) {
 		t.Fatalf("%v %v", ps, err)
 	}
 }
+
+func TestCompleteFailedRecordsRenamedFiles(t *testing.T) {
+	j := inState(t, Transferred)
+	_ = Apply(&j, &events.JobCompleteRequested{Agent: agentA}, t0)
+	j.FilesAgent = agentA
+	if _, err := Decide(&j, CompleteFailed{Agent: agentA, Renamed: []int{5}}, t0); CodeOf(err) != E_INVALIDARG {
+		t.Fatalf("bad index: %v", err)
+	}
+	ps, err := Decide(&j, CompleteFailed{Agent: agentA, Renamed: []int{0}, Error: events.ErrorInfo{Code: "E_ACCESSDENIED", FileIndex: 1}}, t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = Apply(&j, ps[0], t0)
+	if j.State != Transferred || j.PendingComplete || !j.Files[0].Renamed || j.Files[1].Renamed {
+		t.Fatalf("after complete failed: %s pending=%v files=%+v", j.State, j.PendingComplete, j.Files)
+	}
+}
