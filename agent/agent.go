@@ -43,7 +43,19 @@ type Config struct {
 	// Root is the directory every file is written under; destinations
 	// outside it are refused.
 	Root  string
-	Slots int // concurrent jobs, default 4
+	// Slots is how many background (HIGH, NORMAL, LOW) jobs transfer at
+	// once (default 4); MaxForeground how many FOREGROUND jobs transfer
+	// besides them (default 4). A higher class runs before a lower one,
+	// jobs of a class take turns of TimeSlice (default 1 minute) when
+	// others of the class wait (see Scheduler).
+	Slots         int
+	MaxForeground int
+	TimeSlice     time.Duration
+	// Waiting is how many dispatches beyond its slots the agent holds, so
+	// that it sees higher-priority work while its slots are busy (default
+	// Slots+4). Waiting jobs stay QUEUED, and this agent keeps their
+	// dispatches alive; other agents of the pool take the rest.
+	Waiting int
 	// AckWait is how long a dispatch may go without a heartbeat before it is
 	// redelivered to another agent (default 30 s).
 	AckWait            time.Duration
@@ -86,7 +98,13 @@ func (c *Config) defaults() error {
 		c.Principal = "agent/" + c.ID
 	}
 	if c.Slots <= 0 {
-		c.Slots = 4
+		c.Slots = DefaultSlots
+	}
+	if c.MaxForeground <= 0 {
+		c.MaxForeground = 4
+	}
+	if c.Waiting <= 0 {
+		c.Waiting = c.Slots + 4
 	}
 	if c.AckWait <= 0 {
 		c.AckWait = 30 * time.Second
@@ -104,6 +122,7 @@ type Agent struct {
 	root *os.Root
 
 	limits *limiters
+	sched  *Scheduler
 
 	mu      sync.Mutex
 	running map[string]*run // job ID -> its transfer on this host
@@ -132,6 +151,7 @@ func New(cfg Config, log zerolog.Logger, js jetstream.JetStream, store events.St
 		cfg: cfg, log: log.With().Str("component", "agent").Str("agent", cfg.ID).Logger(),
 		js: js, repo: &jobstore.Repo{Store: store}, root: root,
 		running: map[string]*run{}, limits: newLimiters(),
+		sched: NewScheduler(SchedulerConfig{Slots: cfg.Slots, MaxForeground: cfg.MaxForeground, TimeSlice: cfg.TimeSlice}),
 	}
 	if err := a.SetBandwidth(cfg.Bandwidth); err != nil {
 		root.Close()
@@ -158,7 +178,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.log.Info().Str("pool", a.cfg.Pool).Str("root", a.cfg.Root).Int("slots", a.cfg.Slots).Msg("agent running")
 	g, ctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return a.consume(ctx, pool, a.cfg.Slots, a.transfer) })
+	g.Go(func() error { return a.consume(ctx, pool, a.cfg.Slots+a.cfg.MaxForeground+a.cfg.Waiting, a.transfer) })
 	g.Go(func() error { return a.consume(ctx, pinned, 1, a.pinned) })
 	g.Go(func() error { return a.watchBandwidth(ctx) })
 	err = g.Wait()
@@ -250,9 +270,16 @@ func (a *Agent) heartbeat(m jetstream.Msg) (stop func()) {
 
 func (a *Agent) meta() events.Meta { return events.Meta{Actor: a.cfg.Principal} }
 
-// exec runs an agent command on the job, chained on the agent's view j.
+// exec runs an agent command on the job, chained on the agent's view j. A
+// conflict reloads j, so a priority changed meanwhile (ferry job set
+// --priority on a running job) reaches the scheduler here, at the latest
+// with the next checkpoint.
 func (a *Agent) exec(ctx context.Context, j *job.Job, c job.Command) error {
+	before := j.Priority
 	_, err := a.repo.Execute(ctx, j.ID, c, a.meta(), j)
+	if j.Priority != before && before != "" {
+		a.sched.SetPriority(j.ID, j.Priority)
+	}
 	return err
 }
 
@@ -276,10 +303,30 @@ func (a *Agent) transfer(ctx context.Context, m jetstream.Msg) {
 	jobCtx, release := a.register(ctx, cmd.JobID)
 	defer release()
 
-	var j job.Job
-	// Execute loads the job into j (it is zero) and leaves it at the state
-	// after the lease: every later write chains on it, no second load.
-	if _, err := a.repo.Execute(ctx, cmd.JobID, job.Lease{Agent: a.cfg.ID, DispatchSeq: cmd.JobSeq}, a.meta(), &j); err != nil {
+	// The job's class decides when it may run; while it waits for a slot it
+	// stays QUEUED and this agent keeps its dispatch (with heartbeats).
+	j, err := a.repo.Load(ctx, cmd.JobID)
+	if err == nil {
+		_, err = job.Decide(&j, job.Lease{Agent: a.cfg.ID, DispatchSeq: cmd.JobSeq}, time.Now())
+	}
+	if err != nil {
+		if lostLease(err) {
+			log.Debug().Err(err).Msg("nothing to do for this dispatch")
+			ack(m)
+			return
+		}
+		a.handBack(ctx, m, log, err)
+		return
+	}
+	ticket, err := a.sched.Acquire(jobCtx, j.ID, j.Priority)
+	if err != nil {
+		a.notRun(ctx, m, log, err)
+		return
+	}
+	defer func() { ticket.Release() }()
+
+	// The lease chains on the state just loaded (no second load).
+	if err := a.exec(ctx, &j, job.Lease{Agent: a.cfg.ID, DispatchSeq: cmd.JobSeq}); err != nil {
 		if lostLease(err) {
 			log.Debug().Err(err).Msg("nothing to do for this dispatch")
 			ack(m)
@@ -289,15 +336,44 @@ func (a *Agent) transfer(ctx context.Context, m jetstream.Msg) {
 		return
 	}
 	log = log.With().Int("attempt", j.Attempt).Logger()
-	log.Info().Msg("job leased")
+	log.Info().Str("priority", string(j.Priority)).Msg("job leased")
 
 	certs := a.clientCertFor(&j) // one release at most per lease
 	for idx := j.NextFile(); idx >= 0; idx = j.NextFile() {
-		err := a.transferFile(jobCtx, &j, idx, certs, log)
+		err := a.transferUntilPreempted(jobCtx, &j, idx, certs, ticket, log)
 		var f *download.Failure
 		switch {
 		case err == nil:
 			continue
+		case errors.Is(err, errPreempted):
+			// BITS: the time slice ended, or a higher priority needs the
+			// slot. The job goes back to QUEUED (its files stay here) and
+			// waits for its next turn on this agent.
+			why := ticket.Reason()
+			if err := a.exec(ctx, &j, job.Yield{Agent: a.cfg.ID}); err != nil {
+				if lostLease(err) {
+					a.fenced(ctx, &j, log)
+					ack(m)
+					return
+				}
+				a.handBack(ctx, m, log, err)
+				return
+			}
+			log.Info().Str("reason", string(why)).Msg("job yielded its slot")
+			if ticket, err = ticket.Yield(jobCtx); err != nil {
+				a.notRun(ctx, m, log, err)
+				return
+			}
+			if err := a.exec(ctx, &j, job.Lease{Agent: a.cfg.ID, DispatchSeq: j.Version}); err != nil {
+				if lostLease(err) {
+					log.Debug().Err(err).Msg("the job changed while it waited for its turn")
+					ack(m)
+					return
+				}
+				a.handBack(ctx, m, log, err)
+				return
+			}
+			log.Info().Int("attempt", j.Attempt).Msg("job's turn again")
 		case lostLease(err), ctx.Err() == nil && jobCtx.Err() != nil:
 			// Refused, or stopped for a Complete or Cancel on this host.
 			a.fenced(ctx, &j, log)
@@ -320,6 +396,48 @@ func (a *Agent) transfer(ctx context.Context, m jetstream.Msg) {
 	}
 	log.Info().Msg("job transferred")
 	ack(m)
+}
+
+var errPreempted = errors.New("agent: the scheduler gave the job's slot to other work")
+
+// transferUntilPreempted transfers file idx until it is done, fails, or the
+// scheduler takes the slot back (errPreempted; the file stays resumable at
+// its last checkpoint).
+func (a *Agent) transferUntilPreempted(ctx context.Context, j *job.Job, idx int, certs download.ClientCertProvider, t *Ticket, log zerolog.Logger) error {
+	runCtx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		select {
+		case <-t.Preempted():
+			if t.Reason() != StopReleased {
+				cancel(errPreempted)
+			}
+		case <-done:
+		}
+	}()
+	err := a.transferFile(runCtx, j, idx, certs, log)
+	if err != nil && errors.Is(context.Cause(runCtx), errPreempted) && ctx.Err() == nil {
+		if t.Reason() == StopRemoved {
+			return fmt.Errorf("agent: job removed from the scheduler: %w", context.Canceled)
+		}
+		return errPreempted
+	}
+	return err
+}
+
+// notRun settles a dispatch whose job never got (or lost) its turn.
+func (a *Agent) notRun(ctx context.Context, m jetstream.Msg, log zerolog.Logger, err error) {
+	switch {
+	case ctx.Err() != nil:
+		a.handBack(ctx, m, log, err)
+	default:
+		// Stopped for a Complete, Cancel or newer delivery of the job: the
+		// job's events say what happens next.
+		log.Debug().Err(err).Msg("job left the scheduler before its turn")
+		ack(m)
+	}
 }
 
 // register records a transfer of job id; stopJob cancels it and waits.
@@ -671,3 +789,6 @@ func codeForFS(err error) job.Code {
 	}
 	return job.E_FAIL
 }
+
+// Scheduler is the agent's scheduler (for status and tests).
+func (a *Agent) Scheduler() *Scheduler { return a.sched }

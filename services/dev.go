@@ -47,7 +47,11 @@ type DevConfig struct {
 	AckWait            time.Duration
 	ReconcileInterval  time.Duration
 	CheckpointInterval time.Duration
-	Slots              int
+	// Slots, MaxForeground and TimeSlice tune the agent's scheduler
+	// (agent.Config); zero values are the defaults.
+	Slots         int
+	MaxForeground int
+	TimeSlice     time.Duration
 }
 
 // DevInfo is what a running dev stack tells its users (and the CLI, through
@@ -231,7 +235,7 @@ func StartDev(ctx context.Context, cfg DevConfig, log zerolog.Logger) (_ *Dev, e
 	}
 	ag, err := agent.New(agent.Config{
 		ID: cfg.AgentID, Principal: identity.SPIFFEID{TrustDomain: pki.ca.TrustDomain(), Role: identity.RoleAgent, Name: cfg.AgentID}.String(),
-		Root: cfg.Root, AckWait: cfg.AckWait, Slots: cfg.Slots,
+		Root: cfg.Root, AckWait: cfg.AckWait, Slots: cfg.Slots, MaxForeground: cfg.MaxForeground, TimeSlice: cfg.TimeSlice,
 		CheckpointInterval: cfg.CheckpointInterval,
 		Client:             download.ClientOptions{RootCAs: roots},
 		ClientCerts:        vaultReleases{tls: identity.ClientTLSConfig(agentCert, pki.ca.Pool()), url: d.info.CertvaultURL},
