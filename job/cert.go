@@ -106,10 +106,11 @@ func decideTakeOwnership(j *Job, c TakeOwnership) ([]events.Payload, error) {
 		// BITS: the certificate is removed when the job changes owner.
 		out = append(out, &events.ClientCertificateRemoved{Reason: events.CertRemovedOwnershipMoved})
 	}
-	if len(j.Options.CustomHeaders) > 0 || len(j.Options.WriteOnlyHeaders) > 0 {
-		// BITS: so are the custom headers (they may carry credentials).
+	if len(j.Options.CustomHeaders) > 0 || len(j.Options.WriteOnlyHeaders) > 0 || j.Options.Notify != nil {
+		// BITS: so are the custom headers (they may carry credentials) and
+		// the notification target (BITS: the notify command line).
 		opts := cloneOptions(j.Options)
-		opts.CustomHeaders, opts.WriteOnlyHeaders = nil, nil
+		opts.CustomHeaders, opts.WriteOnlyHeaders, opts.Notify = nil, nil, nil
 		out = append(out, &events.JobModified{Options: &opts, Reason: events.CertRemovedOwnershipMoved})
 	}
 	return out, nil

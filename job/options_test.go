@@ -217,7 +217,8 @@ func TestDynamicRefusesRanges(t *testing.T) {
 
 func TestTakeOwnershipRemovesCustomHeaders(t *testing.T) {
 	j := inState(t, Suspended)
-	ps, err := Decide(&j, modifyOpts(OptionsPatch{CustomHeaders: &[]string{"Authorization: Bearer s3cret"}, RedirectPolicy: ptr("DISALLOW")}), t0)
+	ps, err := Decide(&j, modifyOpts(OptionsPatch{CustomHeaders: &[]string{"Authorization: Bearer s3cret"}, RedirectPolicy: ptr("DISALLOW"),
+		Notify: &events.NotifySettings{URL: "https://alice.test/hook"}}), t0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -235,7 +236,7 @@ func TestTakeOwnershipRemovesCustomHeaders(t *testing.T) {
 	for _, p := range ps {
 		_ = Apply(&j, p, t0)
 	}
-	if len(j.Options.CustomHeaders) != 0 || j.Options.RedirectPolicy != RedirectDisallow || j.Owner != "bob" {
+	if len(j.Options.CustomHeaders) != 0 || j.Options.Notify != nil || j.Options.RedirectPolicy != RedirectDisallow || j.Owner != "bob" {
 		t.Fatalf("after take-ownership: owner %s options %+v", j.Owner, j.Options)
 	}
 }

@@ -2,8 +2,10 @@ package services
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -20,6 +22,7 @@ import (
 	"github.com/ferry-dev/ferry/agent/download"
 	"github.com/ferry-dev/ferry/certvault/identity"
 	"github.com/ferry-dev/ferry/coordinator"
+	"github.com/ferry-dev/ferry/coordinator/notify"
 	"github.com/ferry-dev/ferry/events"
 	"github.com/rs/zerolog"
 	"golang.org/x/sync/errgroup"
@@ -245,6 +248,17 @@ func StartDev(ctx context.Context, cfg DevConfig, log zerolog.Logger) (_ *Dev, e
 	}
 	d.agent = ag
 
+	// Notifications: webhooks are verified like origins (system roots plus
+	// the origin CAs), signed with the installation's secret.
+	secret, err := notifySecret(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	notifier, err := notify.New(notify.Config{Secret: secret, RootCAs: roots}, log, d.nats.JS, store)
+	if err != nil {
+		return nil, err
+	}
+
 	ln, err := net.Listen("tcp", cfg.HTTP)
 	if err != nil {
 		return nil, fmt.Errorf("dev: coordinator listen %s: %w", cfg.HTTP, err)
@@ -261,6 +275,7 @@ func StartDev(ctx context.Context, cfg DevConfig, log zerolog.Logger) (_ *Dev, e
 	api := &http.Server{Handler: coord.Handler(), ReadHeaderTimeout: 10 * time.Second, BaseContext: func(net.Listener) context.Context { return gctx }}
 	g.Go(func() error { return coord.Run(gctx) })
 	g.Go(func() error { return ag.Run(gctx) })
+	g.Go(func() error { return notifier.Run(gctx) })
 	g.Go(func() error { return serve(gctx, api, ln, identity.ServerTLSConfig(coordCert, pki.ca.Pool())) })
 	g.Go(func() error { return serve(gctx, vaultSrv, vaultLn, vaultSrv.TLSConfig) })
 	if originLn != nil {
@@ -377,4 +392,32 @@ func sanitizeToken(s string) string {
 		s = "local"
 	}
 	return s
+}
+
+// NotifySecretFile holds, in the data directory, the key that signs
+// webhook notifications (32 random bytes, hex), unless FERRY_NOTIFY_SECRET
+// gives one.
+const NotifySecretFile = "notify.secret"
+
+// notifySecret returns FERRY_NOTIFY_SECRET, or the data directory's secret,
+// made on first use.
+func notifySecret(dataDir string) (notify.Secret, error) {
+	if v := os.Getenv("FERRY_NOTIFY_SECRET"); v != "" {
+		return notify.Secret(v), nil
+	}
+	path := filepath.Join(dataDir, NotifySecretFile)
+	if b, err := os.ReadFile(path); err == nil {
+		return notify.Secret(strings.TrimSpace(string(b))), nil
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("dev: notify secret: %w", err)
+	}
+	raw := make([]byte, 32)
+	if _, err := rand.Read(raw); err != nil {
+		return nil, err
+	}
+	v := hex.EncodeToString(raw)
+	if err := os.WriteFile(path, []byte(v+"\n"), 0o600); err != nil {
+		return nil, fmt.Errorf("dev: notify secret: %w", err)
+	}
+	return notify.Secret(v), nil
 }
