@@ -43,7 +43,7 @@ func newEnv(t *testing.T) *env { t.Helper(); return newEnvWith(t, false) }
 // the coordinator's certificate lookup.
 func newEnvWithVault(t *testing.T) *env { t.Helper(); return newEnvWith(t, true) }
 
-func newEnvWith(t *testing.T, withVault bool) *env {
+func newEnvWith(t *testing.T, withVault bool, tweak ...func(*coordinator.Config)) *env {
 	t.Helper()
 	_, _, js := eventstest.StartServer(t)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -60,6 +60,9 @@ func newEnvWith(t *testing.T, withVault bool) *env {
 	}
 	auth := &identity.Authenticator{Roots: ca.Pool(), Roles: identity.RoleMap{TrustDomain: "ferry.test"}}
 	cfg := coordinator.Config{Auth: auth, ReconcileInterval: time.Hour}
+	for _, f := range tweak {
+		f(&cfg)
+	}
 	var vault *certvault.Vault
 	if withVault {
 		kek := make([]byte, 32)

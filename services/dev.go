@@ -24,6 +24,7 @@ import (
 	"github.com/ferry-dev/ferry/coordinator"
 	"github.com/ferry-dev/ferry/coordinator/notify"
 	"github.com/ferry-dev/ferry/events"
+	"github.com/ferry-dev/ferry/job"
 	"github.com/rs/zerolog"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
@@ -55,6 +56,11 @@ type DevConfig struct {
 	Slots         int
 	MaxForeground int
 	TimeSlice     time.Duration
+	// MinFreeBytes is the disk space the agent keeps free.
+	MinFreeBytes int64
+	// Limits and JobInactivityTimeout go to the coordinator.
+	Limits               job.Limits
+	JobInactivityTimeout time.Duration
 }
 
 // DevInfo is what a running dev stack tells its users (and the CLI, through
@@ -181,7 +187,8 @@ func StartDev(ctx context.Context, cfg DevConfig, log zerolog.Logger) (_ *Dev, e
 	}
 	// In the all-in-one stack the coordinator checks job certificates in
 	// the vault directly (same process, same JetStream).
-	coord, err := coordinator.New(ctx, coordinator.Config{ReconcileInterval: cfg.ReconcileInterval, Auth: pki.auth, Certs: vault}, log, d.nats.JS, store)
+	coord, err := coordinator.New(ctx, coordinator.Config{ReconcileInterval: cfg.ReconcileInterval, Auth: pki.auth, Certs: vault,
+		Limits: cfg.Limits, JobInactivityTimeout: cfg.JobInactivityTimeout}, log, d.nats.JS, store)
 	if err != nil {
 		return nil, err
 	}
@@ -238,7 +245,7 @@ func StartDev(ctx context.Context, cfg DevConfig, log zerolog.Logger) (_ *Dev, e
 	}
 	ag, err := agent.New(agent.Config{
 		ID: cfg.AgentID, Principal: identity.SPIFFEID{TrustDomain: pki.ca.TrustDomain(), Role: identity.RoleAgent, Name: cfg.AgentID}.String(),
-		Root: cfg.Root, AckWait: cfg.AckWait, Slots: cfg.Slots, MaxForeground: cfg.MaxForeground, TimeSlice: cfg.TimeSlice,
+		Root: cfg.Root, AckWait: cfg.AckWait, Slots: cfg.Slots, MaxForeground: cfg.MaxForeground, TimeSlice: cfg.TimeSlice, MinFreeBytes: cfg.MinFreeBytes,
 		CheckpointInterval: cfg.CheckpointInterval,
 		Client:             download.ClientOptions{RootCAs: roots},
 		ClientCerts:        vaultReleases{tls: identity.ClientTLSConfig(agentCert, pki.ca.Pool()), url: d.info.CertvaultURL},

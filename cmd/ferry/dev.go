@@ -5,6 +5,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/ferry-dev/ferry/job"
 	"github.com/ferry-dev/ferry/services"
 	"github.com/spf13/cobra"
 )
@@ -65,6 +66,13 @@ Try it from another terminal:
 	f.DurationVar(&cfg.AckWait, "ack-wait", 30*time.Second, "time without a heartbeat after which a dispatch is redelivered")
 	f.DurationVar(&cfg.ReconcileInterval, "reconcile-interval", 15*time.Second, "how often lost dispatches and due retries are checked")
 	f.DurationVar(&cfg.CheckpointInterval, "checkpoint-interval", time.Second, "progress checkpoint interval")
+	f.IntVar(&cfg.Slots, "slots", 4, "background jobs the agent transfers at once (FOREGROUND jobs run besides them)")
+	f.DurationVar(&cfg.TimeSlice, "time-slice", time.Minute, "how long a job runs before it yields to a waiting job of its priority")
+	f.Int64Var(&cfg.MinFreeBytes, "min-free-bytes", 0, "disk space the agent keeps free: a file that would leave less fails with ERROR_DISK_FULL")
+	f.IntVar(&cfg.Limits.MaxFilesPerJob, "max-files-per-job", job.DefaultMaxFilesPerJob, "BG_E_TOO_MANY_FILES_IN_JOB beyond this")
+	f.IntVar(&cfg.Limits.MaxRangesPerFile, "max-ranges-per-file", job.DefaultMaxRangesPerFile, "BG_E_TOO_MANY_RANGES_IN_FILE beyond this")
+	f.IntVar(&cfg.Limits.MaxJobsPerUser, "max-jobs-per-user", job.DefaultMaxJobsPerUser, "BG_E_TOO_MANY_JOBS_PER_USER beyond this many unfinished jobs (administrators are exempt)")
+	f.DurationVar(&cfg.JobInactivityTimeout, "job-inactivity-timeout", job.DefaultJobInactivityTimeout, "jobs nobody touched for this long are cancelled")
 	return cmd
 }
 
