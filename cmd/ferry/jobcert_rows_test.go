@@ -71,9 +71,9 @@ func decodeAction(t *testing.T, r cliRun) actionJSON {
 // spellings, by subject name, show, remove twice) and take-ownership by an
 // administrator and by users who are not.
 //
-// A refusal prints exactly one line on stderr, "ferry: SYMBOL (HRESULT):
-// detail", nothing on stdout, and exits 1, with -o text and with -o json
-// alike (the CLI has no JSON form for errors), and leaves the job as it was.
+// A refusal prints exactly one line on stderr — "ferry: SYMBOL (HRESULT):
+// detail" with -o text, the problem document with -o json — nothing on
+// stdout, exits 1, and leaves the job as it was.
 func TestJobCertRowsCLI(t *testing.T) {
 	o := servicestest.NewOrigin(t)
 	dataDir, root := t.TempDir(), t.TempDir()
@@ -308,12 +308,18 @@ func TestJobCertRowsCLI(t *testing.T) {
 			}
 			before := showJob(t, dataDir, tc.job)
 			line := regexp.MustCompile(`^ferry: ` + regexp.QuoteMeta(tc.code+" ("+tc.hresult+"): ") + `\S[^\n]*\n$`)
-			for _, format := range []string{"text", "json"} {
-				r := runCLIAs(t, dataDir, tc.as, append(append([]string(nil), tc.args...), "-o", format)...)
-				if r.code != 1 || r.stdout != "" || !line.MatchString(r.stderr) {
-					t.Fatalf("-o %s as %s: exit %d, stdout %q, stderr %q; want exit 1, no stdout, stderr \"ferry: %s (%s): …\"",
-						format, tc.as.name, r.code, r.stdout, r.stderr, tc.code, tc.hresult)
-				}
+			r := runCLIAs(t, dataDir, tc.as, append(append([]string(nil), tc.args...), "-o", "text")...)
+			if r.code != 1 || r.stdout != "" || !line.MatchString(r.stderr) {
+				t.Fatalf("-o text as %s: exit %d, stdout %q, stderr %q; want exit 1, no stdout, stderr \"ferry: %s (%s): …\"",
+					tc.as.name, r.code, r.stdout, r.stderr, tc.code, tc.hresult)
+			}
+			// -o json: the problem document, one JSON line on stderr.
+			r = runCLIAs(t, dataDir, tc.as, append(append([]string(nil), tc.args...), "-o", "json")...)
+			var p struct{ Code, HResult, Detail string }
+			if r.code != 1 || r.stdout != "" || strings.Count(r.stderr, "\n") != 1 || json.Unmarshal([]byte(r.stderr), &p) != nil ||
+				p.Code != tc.code || p.HResult != tc.hresult || p.Detail == "" {
+				t.Fatalf("-o json as %s: exit %d, stdout %q, stderr %q; want exit 1 and a problem document with code %s, hresult %s",
+					tc.as.name, r.code, r.stdout, r.stderr, tc.code, tc.hresult)
 			}
 			if after := showJob(t, dataDir, tc.job); after.Version != before.Version || after.Owner != before.Owner {
 				t.Fatalf("a refusal changed job %s: version %d → %d, owner %s → %s", tc.job, before.Version, after.Version, before.Owner, after.Owner)

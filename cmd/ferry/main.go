@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -58,12 +59,33 @@ func run(ctx context.Context, args []string) int {
 	if err == nil {
 		return services.ExitOK
 	}
-	fmt.Fprintln(os.Stderr, "ferry:", err)
+	printError(g.json(), err)
 	var exit *services.ExitErr
 	if errors.As(err, &exit) {
 		return exit.Code
 	}
 	return services.ExitError
+}
+
+// printError reports a failed command on stderr: one line "ferry: …", or
+// with -o json one JSON object — the API's problem document (with code and
+// hresult) when the server refused, else {"detail": "…"}.
+func printError(asJSON bool, err error) {
+	if !asJSON {
+		fmt.Fprintln(os.Stderr, "ferry:", err)
+		return
+	}
+	var v any = map[string]string{"detail": err.Error()}
+	var apiErr *services.APIError
+	if errors.As(err, &apiErr) {
+		v = apiErr.Problem
+	}
+	b, merr := json.Marshal(v)
+	if merr != nil {
+		fmt.Fprintln(os.Stderr, "ferry:", err)
+		return
+	}
+	fmt.Fprintln(os.Stderr, string(b))
 }
 
 // envDefaults fills every flag the user did not set from FERRY_<FLAG> (upper
