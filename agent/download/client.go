@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"github.com/ferry-dev/ferry/job/netguard"
 	"io"
 	"net"
 	"net/http"
@@ -256,34 +257,8 @@ func (e *blockedAddrError) Error() string {
 	return fmt.Sprintf("refusing to connect to %s: link-local and cloud metadata addresses are blocked (AllowPrivateMetadata is off)", e.addr)
 }
 
-// Well-known instance metadata endpoints outside link-local space.
-var metadataAddrs = []netip.Addr{
-	netip.MustParseAddr("fd00:ec2::254"),   // AWS IMDS over IPv6
-	netip.MustParseAddr("100.100.100.200"), // Alibaba Cloud
-	netip.MustParseAddr("168.63.129.16"),   // Azure WireServer
-}
-
-var nat64 = netip.MustParsePrefix("64:ff9b::/96")
-
-// blockedAddr reports whether a must be refused when AllowPrivateMetadata is
-// off. IPv4-mapped and NAT64 (64:ff9b::/96) forms of IPv4 addresses are
-// judged by the IPv4 address they carry.
-func blockedAddr(a netip.Addr) bool {
-	a = a.WithZone("").Unmap()
-	if nat64.Contains(a) {
-		b := a.As16()
-		a = netip.AddrFrom4([4]byte(b[12:16]))
-	}
-	if a.IsLinkLocalUnicast() || a.IsLinkLocalMulticast() {
-		return true
-	}
-	for _, m := range metadataAddrs {
-		if a == m {
-			return true
-		}
-	}
-	return false
-}
+// blockedAddr is ferry's rule for outbound connections (job/netguard).
+func blockedAddr(a netip.Addr) bool { return netguard.Blocked(a) }
 
 // refuseMetadata is a net.Dialer control function: it runs after the name is
 // resolved and the socket created, before connect, once per address tried.

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"github.com/ferry-dev/ferry/job/netguard"
 	"net"
 	"net/http"
 	"net/netip"
@@ -57,37 +58,8 @@ func isBlocked(err error) bool {
 	return errors.As(err, &b)
 }
 
-// Well-known instance metadata endpoints outside link-local space (the
-// same list as the agents' download client).
-var metadataAddrs = []netip.Addr{
-	netip.MustParseAddr("fd00:ec2::254"),   // AWS IMDS over IPv6
-	netip.MustParseAddr("100.100.100.200"), // Alibaba Cloud
-	netip.MustParseAddr("168.63.129.16"),   // Azure WireServer
-}
-
-var nat64 = netip.MustParsePrefix("64:ff9b::/96")
-
-// blockedAddr reports whether a webhook may not be reached at a:
-// link-local (169.254.0.0/16, fe80::/10, and their multicast ranges) or a
-// metadata endpoint. IPv4-mapped and NAT64 forms of IPv4 addresses are
-// judged by the IPv4 address they carry. Loopback and private addresses
-// are allowed: webhooks are often internal services.
-func blockedAddr(a netip.Addr) bool {
-	a = a.WithZone("").Unmap()
-	if nat64.Contains(a) {
-		b := a.As16()
-		a = netip.AddrFrom4([4]byte(b[12:16]))
-	}
-	if a.IsLinkLocalUnicast() || a.IsLinkLocalMulticast() {
-		return true
-	}
-	for _, m := range metadataAddrs {
-		if a == m {
-			return true
-		}
-	}
-	return false
-}
+// blockedAddr is ferry's rule for outbound connections (job/netguard).
+func blockedAddr(a netip.Addr) bool { return netguard.Blocked(a) }
 
 // refuseMetadata is a net.Dialer control function: it runs once per address
 // tried, after the name is resolved and the socket created, before connect,
