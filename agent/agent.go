@@ -680,11 +680,14 @@ func (a *Agent) complete(ctx context.Context, j *job.Job, log zerolog.Logger) er
 		}
 		done = append(done, i)
 	}
-	if err := a.exec(ctx, j, job.CompleteDone{Agent: a.cfg.ID, Files: done}); err != nil {
-		return err
-	}
+	// The renamed files' sidecars go before the job says ACKNOWLEDGED, so
+	// nothing of the job is left once it does. A crash in between is
+	// harmless: a repeated complete finds each file already renamed.
 	for _, i := range done {
 		_ = download.Discard(a.root, j.Files[i].TempName) // the sidecar; the file itself was renamed
+	}
+	if err := a.exec(ctx, j, job.CompleteDone{Agent: a.cfg.ID, Files: done}); err != nil {
+		return err
 	}
 	log.Info().Ints("files", done).Msg("job acknowledged")
 	return nil

@@ -58,6 +58,9 @@ type DevConfig struct {
 	TimeSlice     time.Duration
 	// MinFreeBytes is the disk space the agent keeps free.
 	MinFreeBytes int64
+	// IdleReadTimeout is how long a download may receive nothing before it
+	// fails with ERROR_WINHTTP_TIMEOUT (default 60 s).
+	IdleReadTimeout time.Duration
 	// Limits and JobInactivityTimeout go to the coordinator.
 	Limits               job.Limits
 	JobInactivityTimeout time.Duration
@@ -247,7 +250,7 @@ func StartDev(ctx context.Context, cfg DevConfig, log zerolog.Logger) (_ *Dev, e
 		ID: cfg.AgentID, Principal: identity.SPIFFEID{TrustDomain: pki.ca.TrustDomain(), Role: identity.RoleAgent, Name: cfg.AgentID}.String(),
 		Root: cfg.Root, AckWait: cfg.AckWait, Slots: cfg.Slots, MaxForeground: cfg.MaxForeground, TimeSlice: cfg.TimeSlice, MinFreeBytes: cfg.MinFreeBytes,
 		CheckpointInterval: cfg.CheckpointInterval,
-		Client:             download.ClientOptions{RootCAs: roots},
+		Client:             download.ClientOptions{RootCAs: roots, IdleReadTimeout: cfg.IdleReadTimeout},
 		ClientCerts:        vaultReleases{tls: identity.ClientTLSConfig(agentCert, pki.ca.Pool()), url: d.info.CertvaultURL},
 	}, log, d.nats.JS, store)
 	if err != nil {

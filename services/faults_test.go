@@ -44,6 +44,7 @@ type fxStack struct {
 type fxOptions struct {
 	log      *zerolog.Logger // nil: the test's log
 	extraCAs []string
+	idleRead time.Duration // the agent's stall timeout (0: the default)
 }
 
 // fxModified is the Last-Modified of every file the fault tests serve.
@@ -64,7 +65,7 @@ func newFXStack(t *testing.T, o fxOptions) *fxStack {
 	d, err := services.StartDev(context.Background(), services.DevConfig{
 		DataDir: t.TempDir(), HTTP: "127.0.0.1:0", Vault: "127.0.0.1:0", NATS: services.NATSConfig{Listen: "none"},
 		Root: root, OriginCAFiles: append([]string{caFile}, o.extraCAs...), ReconcileInterval: 200 * time.Millisecond,
-		CheckpointInterval: 20 * time.Millisecond, AckWait: 2 * time.Second,
+		CheckpointInterval: 20 * time.Millisecond, AckWait: 2 * time.Second, IdleReadTimeout: o.idleRead,
 	}, lg)
 	if err != nil {
 		t.Fatal(err)
@@ -572,16 +573,12 @@ func TestFaultWrongContentRange(t *testing.T) {
 		events.JobTransferring{Offset: 0, BytesTotal: size, Restarted: "bad-content-range"})
 }
 
-// TestFaultStall: the origin stops sending after N body bytes.
-//
-// The agent's idle-read timeout (download.ClientOptions.IdleReadTimeout,
-// 60 s by default) cannot be set through services.DevConfig, so the stack
-// cannot show the stall turning into ERROR_WINHTTP_TIMEOUT within this
-// package's time budget (agent/download's TestFaultsThenResume shows that
-// classification with a 300 ms timeout). What the stack shows: a stall
-// that ends is survived without an error or a second request; a stalled
-// connection that is then closed is a transient connection error, and the
-// resume continues from exactly the bytes received before the stall.
+// TestFaultStall: the origin stops sending after N body bytes. A stall that
+// ends is survived without an error or a second request; a stalled
+// connection that is then closed is a transient connection error; a stall
+// longer than the agent's idle-read timeout is a transient
+// ERROR_WINHTTP_TIMEOUT. Either way the resume continues from exactly the
+// bytes received before the stall.
 func TestFaultStall(t *testing.T) {
 	s := newFXStack(t, fxOptions{})
 	const size, stallAt = 800_000, 300_000
@@ -646,6 +643,34 @@ func TestFaultStall(t *testing.T) {
 		fxCheckStarts(t, evs, events.JobTransferring{Offset: 0, BytesTotal: size}, events.JobTransferring{Offset: stallAt, BytesTotal: size})
 		fxCheckProgress(t, evs, size, stallAt)
 	})
+}
+
+// TestFaultStallTimesOut: a body that stops for longer than the agent's
+// idle-read timeout fails the attempt with a transient ERROR_WINHTTP_TIMEOUT
+// (0x80072EE2) at the bytes received; resume asks for the rest.
+func TestFaultStallTimesOut(t *testing.T) {
+	s := newFXStack(t, fxOptions{idleRead: 500 * time.Millisecond})
+	const size, stallAt = 800_000, 300_000
+	c := origintest.Content{Seed: 603, Size: size}
+	url := s.serve("/stall3.bin", c, `"s3"`)
+	s.ot.Inject(origintest.Fault{Path: "/stall3.bin", Count: 1, Stall: true, StallAfter: stallAt, StallForever: true})
+	dest := s.dest("stall/timeout.bin")
+	id := s.create(events.FileSpec{RemoteURL: url, LocalName: dest})
+	j := s.until(id, "TRANSIENT_ERROR", state(job.TransientError))
+	fxCheckErr(t, "the stalled body", j.Error, fxWantErr{"ERROR_WINHTTP_TIMEOUT", "0x80072EE2", job.ContextGeneralTransport})
+	if !strings.Contains(j.Error.Description, "stalled") {
+		t.Fatalf("description %q does not say the transfer stalled", j.Error.Description)
+	}
+	s.action(id, "resume")
+	s.until(id, "TRANSFERRED", state(job.Transferred))
+	reqs := s.requests("/stall3.bin")
+	if len(reqs) != 2 || reqs[1].Range != fmt.Sprintf("bytes=%d-", stallAt) {
+		t.Fatalf("requests %+v: the resume must continue at the stall (bytes=%d-)", reqs, stallAt)
+	}
+	s.completeAndCheck(id, dest, c.SHA256())
+	evs := s.events(id)
+	fxCheckPath(t, evs, fxPathFaultResume...)
+	fxCheckStarts(t, evs, events.JobTransferring{Offset: 0, BytesTotal: size}, events.JobTransferring{Offset: stallAt, BytesTotal: size})
 }
 
 // TestFaultHTTP404And401AreFatal: 404 and 401 put the job in ERROR
