@@ -356,6 +356,10 @@ func Decide(j *Job, c Command, now time.Time) ([]events.Payload, error) {
 		return decideRemoveCert(j, c)
 	case TakeOwnership:
 		return decideTakeOwnership(j, c)
+	case MakeHeadersWriteOnly:
+		return decideMakeHeadersWriteOnly(j, c)
+	case ClearWriteOnlyHeaders:
+		return decideClearWriteOnlyHeaders(j, c)
 	case FilesDeleted:
 		if j.State != Cancelled || !j.PendingCleanup || c.Agent != j.FilesAgent {
 			return nil, invalidState(j, c)
