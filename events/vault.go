@@ -6,11 +6,12 @@ import "time"
 // every import, removal, key release, refused release and key-encryption-key
 // rotation, on ferry.evt.vault.<id>: <id> is the certificate's SHA-1
 // thumbprint in lower-case hex for the events about one certificate (so a
-// thumbprint's whole history, in every store, is one subject), and
-// VaultKeyringID for rotations.
+// thumbprint's whole history, in every store, is one subject),
+// VaultKeyringID for rotations, and VaultHeadersID(job) for a job's
+// write-only custom headers.
 //
 // The payloads carry thumbprints, names and outcomes only: never key bytes,
-// passwords, grants or channel-binding values. The names and their fields
+// passwords, header values, grants or channel-binding values. The names and their fields
 // are a public API (docs/events.md, docs/certvault.md); never change their
 // meaning, add a version instead.
 const (
@@ -19,12 +20,27 @@ const (
 	TypeKeyReleased         = "KeyReleased"
 	TypeKeyReleaseDenied    = "KeyReleaseDenied"
 	TypeVaultKeysRewrapped  = "VaultKeysRewrapped"
+
+	TypeWriteOnlyHeadersStored        = "WriteOnlyHeadersStored"
+	TypeWriteOnlyHeadersDeleted       = "WriteOnlyHeadersDeleted"
+	TypeWriteOnlyHeadersReleased      = "WriteOnlyHeadersReleased"
+	TypeWriteOnlyHeadersReleaseDenied = "WriteOnlyHeadersReleaseDenied"
 )
 
 // VaultKeyringID is the aggregate ID of the vault's keyring events
 // (VaultKeysRewrapped). It cannot be mistaken for a thumbprint, which is 40
 // hex digits.
 const VaultKeyringID = "keyring"
+
+// VaultHeadersPrefix starts the aggregate ID of a job's write-only header
+// events: VaultHeadersID(jobID) is "headers-<jobID>".
+const VaultHeadersPrefix = "headers-"
+
+// VaultHeadersID is the aggregate ID of the vault events about job jobID's
+// write-only custom headers (WriteOnlyHeaders*): one subject holds their
+// whole history. It cannot be mistaken for a thumbprint or VaultKeyringID.
+// It is a valid ID when ValidID(VaultHeadersID(jobID)) holds.
+func VaultHeadersID(jobID string) string { return VaultHeadersPrefix + jobID }
 
 // CertificateImported: a certificate with its private key was stored. The
 // store is named canonically: Scope is the principal owning a per-principal
@@ -108,11 +124,69 @@ type VaultKeysRewrapped struct {
 	Rewrapped     int   `json:"rewrapped"`
 }
 
+// Reasons of WriteOnlyHeadersDeleted.
+const (
+	HeadersDeletedByOwner        = "removed"
+	HeadersDeletedOwnershipMoved = "ownership-changed"
+)
+
+// WriteOnlyHeadersStored: the values of a job's write-only custom headers
+// (MakeCustomHeadersWriteOnly) were stored, encrypted like private keys,
+// replacing any the job had (Replaced). Names are the header names, one
+// per header line, in order; the values are never in an event.
+type WriteOnlyHeadersStored struct {
+	Job   string   `json:"job"`
+	Owner string   `json:"owner"`
+	Names []string `json:"names"`
+	// KEKVersion is the key-encryption key that wraps the record's data key.
+	KEKVersion int  `json:"kek_version"`
+	Replaced   bool `json:"replaced,omitempty"`
+}
+
+// WriteOnlyHeadersDeleted: a job's write-only header values were deleted.
+// Reason is "removed" (the owner cleared them) or "ownership-changed".
+type WriteOnlyHeadersDeleted struct {
+	Job    string   `json:"job"`
+	Names  []string `json:"names"`
+	Reason string   `json:"reason"`
+}
+
+// WriteOnlyHeadersReleased: a job's write-only header values left the vault
+// for the agent that holds the job's lease. It is appended before they are
+// handed out.
+type WriteOnlyHeadersReleased struct {
+	Job     string   `json:"job"`
+	Owner   string   `json:"owner"`
+	Agent   string   `json:"agent"`
+	Lease   string   `json:"lease,omitempty"`
+	GrantID string   `json:"grant_id,omitempty"`
+	Names   []string `json:"names"`
+}
+
+// WriteOnlyHeadersReleaseDenied: a release of a job's write-only header
+// values was refused. Code and HResult are the answer the requester got;
+// Reason says which check failed.
+type WriteOnlyHeadersReleaseDenied struct {
+	Job     string `json:"job"`
+	Owner   string `json:"owner,omitempty"`
+	Agent   string `json:"agent"`
+	Lease   string `json:"lease,omitempty"`
+	GrantID string `json:"grant_id,omitempty"`
+	Code    string `json:"code"`
+	HResult string `json:"hresult"`
+	Reason  string `json:"reason"`
+}
+
 func (*CertificateImported) EventType() string { return TypeCertificateImported }
 func (*CertificateRemoved) EventType() string  { return TypeCertificateRemoved }
 func (*KeyReleased) EventType() string         { return TypeKeyReleased }
 func (*KeyReleaseDenied) EventType() string    { return TypeKeyReleaseDenied }
 func (*VaultKeysRewrapped) EventType() string  { return TypeVaultKeysRewrapped }
+
+func (*WriteOnlyHeadersStored) EventType() string        { return TypeWriteOnlyHeadersStored }
+func (*WriteOnlyHeadersDeleted) EventType() string       { return TypeWriteOnlyHeadersDeleted }
+func (*WriteOnlyHeadersReleased) EventType() string      { return TypeWriteOnlyHeadersReleased }
+func (*WriteOnlyHeadersReleaseDenied) EventType() string { return TypeWriteOnlyHeadersReleaseDenied }
 
 func (*CertificateImported) EventVersion() int { return 1 }
 func (*CertificateRemoved) EventVersion() int  { return 1 }
@@ -120,10 +194,19 @@ func (*KeyReleased) EventVersion() int         { return 1 }
 func (*KeyReleaseDenied) EventVersion() int    { return 1 }
 func (*VaultKeysRewrapped) EventVersion() int  { return 1 }
 
+func (*WriteOnlyHeadersStored) EventVersion() int        { return 1 }
+func (*WriteOnlyHeadersDeleted) EventVersion() int       { return 1 }
+func (*WriteOnlyHeadersReleased) EventVersion() int      { return 1 }
+func (*WriteOnlyHeadersReleaseDenied) EventVersion() int { return 1 }
+
 func init() {
 	register(func() Payload { return new(CertificateImported) })
 	register(func() Payload { return new(CertificateRemoved) })
 	register(func() Payload { return new(KeyReleased) })
 	register(func() Payload { return new(KeyReleaseDenied) })
 	register(func() Payload { return new(VaultKeysRewrapped) })
+	register(func() Payload { return new(WriteOnlyHeadersStored) })
+	register(func() Payload { return new(WriteOnlyHeadersDeleted) })
+	register(func() Payload { return new(WriteOnlyHeadersReleased) })
+	register(func() Payload { return new(WriteOnlyHeadersReleaseDenied) })
 }
