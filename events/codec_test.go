@@ -42,6 +42,14 @@ func fill(v reflect.Value, n int) {
 	case reflect.Pointer:
 		v.Set(reflect.New(v.Type().Elem()))
 		fill(v.Elem(), n)
+	case reflect.Map:
+		v.Set(reflect.MakeMapWithSize(v.Type(), 2))
+		for i := range 2 {
+			k, e := reflect.New(v.Type().Key()).Elem(), reflect.New(v.Type().Elem()).Elem()
+			fill(k, n+i+1)
+			fill(e, n+i+1)
+			v.SetMapIndex(k, e)
+		}
 	case reflect.Slice:
 		v.Set(reflect.MakeSlice(v.Type(), 2, 2))
 		for i := range 2 {
