@@ -10,6 +10,15 @@
 // an event on ferry.evt.vault.<sha1> (rotations on ferry.evt.vault.keyring),
 // appended before the change it records takes effect.
 //
+// It also keeps the values of jobs' write-only custom headers (BITS
+// MakeCustomHeadersWriteOnly; StoreHeaders, DeleteHeaders): one record per
+// job in the same bucket, sealed with the same envelope, rewrapped by the
+// same rotations, audited on ferry.evt.vault.headers-<job> with header
+// names only, and released like a key — to the agent holding the job's
+// lease, over the channel-bound, HPKE-sealed release
+// (HeadersReleaseHandler, FetchHeaders) — only while the job's events list
+// the headers.
+//
 // # Store locations
 //
 // The caller (Caller: a principal and a role, given by the identity layer)

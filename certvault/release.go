@@ -115,57 +115,67 @@ func (v *Vault) ReleaseHandler(auth *identity.Authenticator, jobs *jobstore.Repo
 	})
 }
 
-// release runs the checks and the release. Refusals it decides itself are
-// audited here; Key audits its own.
-func (v *Vault) release(w http.ResponseWriter, r *http.Request, auth *identity.Authenticator, jobs *jobstore.Repo) (*Release, error) {
+// releaseCall is what the checks shared by both releases (keys and
+// write-only header values) learnt about a request.
+type releaseCall struct {
+	principal string // the caller's verified principal
+	binding   string // the connection's Channel-Binding value
+	pub       hpke.PublicKey
+	jobID     string   // the job named, when it is a valid ID
+	job       *job.Job // the job replayed from its events, once loaded
+}
+
+// admit runs, in order, the checks that both releases share: a verified
+// agent principal with an agent ID, the connection's channel binding, a
+// valid body, the job (from its events), the agent's lease on it, and its
+// state (CONNECTING or TRANSFERRING). what names what is released, for the
+// refusals. deny audits a refusal of a verified caller with what the
+// checks found so far and returns the error to answer; a caller that is not
+// a verified principal with a role is refused without an audit (nobody to
+// name).
+func admit(w http.ResponseWriter, r *http.Request, auth *identity.Authenticator, jobs *jobstore.Repo, what string,
+	deny func(*releaseCall, error) error) (*releaseCall, error) {
 	ctx := r.Context()
 	s, ok := identity.SessionFrom(ctx)
 	if !ok {
 		s, _ = auth.Authenticate(r)
 	}
 	if err := s.Err(); err != nil {
-		// Not a verified principal with a role: nobody to audit.
 		return nil, err
 	}
-	req := KeyRequest{Agent: s.Principal}
-	deny := func(err error) error {
-		if aerr := v.DenyRelease(ctx, req, err); aerr != nil {
-			v.log.Error().Err(aerr).Str("agent", req.Agent).Str("job", req.Job).Msg("audit of a refused key release failed")
-		}
-		v.log.Warn().Str("agent", req.Agent).Str("job", req.Job).Str("code", job.CodeOf(err).Symbol).Msg("key release refused")
-		return err
-	}
+	c := &releaseCall{principal: s.Principal}
+	refuse := func(err error) (*releaseCall, error) { return nil, deny(c, err) }
 	if err := s.RequireRole(identity.RoleAgent); err != nil {
-		return nil, deny(err)
+		return refuse(err)
 	}
 	agentID, ok := auth.Roles.AgentID(s.Principal)
 	if !ok {
-		return nil, deny(job.Errorf(job.E_ACCESSDENIED, "principal %s has no agent ID (keys are released only to spiffe://%s/agent/<id>)", s.Principal, auth.Roles.TrustDomain))
+		return refuse(job.Errorf(job.E_ACCESSDENIED, "principal %s has no agent ID (%s are released only to spiffe://%s/agent/<id>)", s.Principal, what, auth.Roles.TrustDomain))
 	}
 	if err := identity.CheckChannelBinding(r); err != nil {
-		return nil, deny(err)
+		return refuse(err)
 	}
 	binding, err := identity.ChannelBinding(r.TLS)
 	if err != nil { // checked just above; cannot happen
-		return nil, deny(&job.Error{Code: job.E_ACCESSDENIED, Detail: "this connection has no tls-exporter channel binding", Err: err})
+		return refuse(&job.Error{Code: job.E_ACCESSDENIED, Detail: "this connection has no tls-exporter channel binding", Err: err})
 	}
+	c.binding = binding
 
 	var body ReleaseRequest
 	if err := httpapi.DecodeJSON(w, r, &body, maxReleaseBody); err != nil {
-		return nil, deny(err)
+		return refuse(err)
 	}
 	if events.ValidID(body.JobID) {
-		req.Job = body.JobID
+		c.jobID = body.JobID
 	}
 	if body.JobID == "" {
-		return nil, deny(job.Errorf(job.RPC_X_NULL_REF_POINTER, "job_id is required"))
+		return refuse(job.Errorf(job.RPC_X_NULL_REF_POINTER, "job_id is required"))
 	}
 	if len(body.HPKEPublicKey) == 0 {
-		return nil, deny(job.Errorf(job.RPC_X_NULL_REF_POINTER, "hpke_public_key is required: a fresh X25519 public key (32 bytes, base64)"))
+		return refuse(job.Errorf(job.RPC_X_NULL_REF_POINTER, "hpke_public_key is required: a fresh X25519 public key (32 bytes, base64)"))
 	}
-	pub, err := releaseKEM.NewPublicKey(body.HPKEPublicKey)
-	if err != nil {
-		return nil, deny(job.Errorf(job.E_INVALIDARG, "hpke_public_key is not an X25519 public key (32 bytes, base64)"))
+	if c.pub, err = releaseKEM.NewPublicKey(body.HPKEPublicKey); err != nil {
+		return refuse(job.Errorf(job.E_INVALIDARG, "hpke_public_key is not an X25519 public key (32 bytes, base64)"))
 	}
 
 	j, err := jobs.Load(ctx, body.JobID)
@@ -174,39 +184,70 @@ func (v *Vault) release(w http.ResponseWriter, r *http.Request, auth *identity.A
 		if !errors.As(err, &je) {
 			err = unavailable("read the job", err)
 		}
-		return nil, deny(err)
+		return refuse(err)
 	}
-	req.Lease = fmt.Sprint(j.Attempt)
-	req.Owner = Caller{Principal: j.Owner, Role: string(auth.Roles.RoleOf(j.Owner))}
-	if ref := j.ClientCertificate; ref != nil {
-		// Name the certificate in denials too, so they are in its history
-		// (ferry.evt.vault.<sha1>); it is checked below.
-		req.Location, _ = ParseLocation(ref.Location)
-		req.Store = ref.Store
-		req.SHA1, _ = ParseThumbprint(ref.SHA1)
-	}
+	c.job = &j
 	if j.Agent == "" || j.Agent != agentID {
-		return nil, deny(job.Errorf(job.E_ACCESSDENIED, "the agent does not hold the job's lease"))
+		return refuse(job.Errorf(job.E_ACCESSDENIED, "the agent does not hold the job's lease"))
 	}
 	if j.State != job.Connecting && j.State != job.Transferring {
-		return nil, deny(job.Errorf(job.BG_E_INVALID_STATE, "the job is %s; keys are released only while it is CONNECTING or TRANSFERRING", j.State))
+		return refuse(job.Errorf(job.BG_E_INVALID_STATE, "the job is %s; %s are released only while it is CONNECTING or TRANSFERRING", j.State, what))
 	}
-	ref := j.ClientCertificate
-	if ref == nil {
-		return nil, deny(job.Errorf(job.CRYPT_E_NOT_FOUND, "the job has no client certificate"))
-	}
-	loc, err := ParseLocation(ref.Location)
-	if err != nil {
-		return nil, deny(err)
-	}
-	sum, err := ParseThumbprint(ref.SHA1)
-	if err != nil {
-		return nil, deny(err)
-	}
-	req.Location, req.Store, req.SHA1 = loc, ref.Store, sum
+	return c, nil
+}
+
+// newGrantID is a fresh grant ID: 16 random bytes in hex.
+func newGrantID() string {
 	grant := make([]byte, 16)
 	_, _ = rand.Read(grant) // crypto/rand.Read does not fail
-	req.GrantID = hex.EncodeToString(grant)
+	return hex.EncodeToString(grant)
+}
+
+// keyRequest is the KeyRequest of a release call: the job's certificate
+// (named in denials too, so they are in its history,
+// ferry.evt.vault.<sha1>), its owner and the lease, once the job is known.
+func keyRequest(c *releaseCall, roles identity.RoleMap) KeyRequest {
+	req := KeyRequest{Agent: c.principal, Job: c.jobID}
+	if j := c.job; j != nil {
+		req.Lease = fmt.Sprint(j.Attempt)
+		req.Owner = Caller{Principal: j.Owner, Role: string(roles.RoleOf(j.Owner))}
+		if ref := j.ClientCertificate; ref != nil {
+			req.Location, _ = ParseLocation(ref.Location)
+			req.Store = ref.Store
+			req.SHA1, _ = ParseThumbprint(ref.SHA1)
+		}
+	}
+	return req
+}
+
+// release runs the checks and the release. Refusals it decides itself are
+// audited here; Key audits its own.
+func (v *Vault) release(w http.ResponseWriter, r *http.Request, auth *identity.Authenticator, jobs *jobstore.Repo) (*Release, error) {
+	ctx := r.Context()
+	deny := func(c *releaseCall, err error) error {
+		req := keyRequest(c, auth.Roles)
+		if aerr := v.DenyRelease(ctx, req, err); aerr != nil {
+			v.log.Error().Err(aerr).Str("agent", req.Agent).Str("job", req.Job).Msg("audit of a refused key release failed")
+		}
+		v.log.Warn().Str("agent", req.Agent).Str("job", req.Job).Str("code", job.CodeOf(err).Symbol).Msg("key release refused")
+		return err
+	}
+	c, err := admit(w, r, auth, jobs, "keys", deny)
+	if err != nil {
+		return nil, err
+	}
+	ref := c.job.ClientCertificate
+	if ref == nil {
+		return nil, deny(c, job.Errorf(job.CRYPT_E_NOT_FOUND, "the job has no client certificate"))
+	}
+	if _, err := ParseLocation(ref.Location); err != nil {
+		return nil, deny(c, err)
+	}
+	if _, err := ParseThumbprint(ref.SHA1); err != nil {
+		return nil, deny(c, err)
+	}
+	req := keyRequest(c, auth.Roles)
+	req.GrantID = newGrantID()
 
 	// Key audits (KeyReleased before returning, KeyReleaseDenied on its
 	// own refusals) and fails closed.
@@ -218,7 +259,7 @@ func (v *Vault) release(w http.ResponseWriter, r *http.Request, auth *identity.A
 	if err != nil {
 		return nil, internal("encode the private key", err)
 	}
-	sealed, err := hpke.Seal(pub, releaseKDF, releaseAEAD, releaseInfo(binding, req.GrantID), der)
+	sealed, err := hpke.Seal(c.pub, releaseKDF, releaseAEAD, releaseInfo(c.binding, req.GrantID), der)
 	clear(der)
 	if err != nil {
 		return nil, internal("seal the private key", err)

@@ -34,34 +34,10 @@ const maxReleaseAnswer = 1 << 20
 // A refusal is returned as the *job.Error of the vault's problem document
 // (E_ACCESSDENIED, BG_E_INVALID_STATE, CRYPT_E_NOT_FOUND, …).
 func Fetch(ctx context.Context, tlsCfg *tls.Config, vaultURL, jobID string) (*tls.Certificate, error) {
-	priv, err := releaseKEM.GenerateKey()
-	if err != nil {
-		return nil, fmt.Errorf("certvault: release: make a key pair: %w", err)
-	}
-	body, err := json.Marshal(ReleaseRequest{JobID: jobID, HPKEPublicKey: priv.PublicKey().Bytes()})
-	if err != nil {
-		return nil, err
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimRight(vaultURL, "/")+ReleasePath, bytes.NewReader(body))
-	if err != nil {
-		return nil, fmt.Errorf("certvault: release: %w", err)
-	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := identity.DoBound(ctx, tlsCfg, req)
-	if err != nil {
-		return nil, fmt.Errorf("certvault: release: %w", err)
-	}
-	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxReleaseAnswer+1))
-	_ = resp.Body.Close()
+	raw, priv, binding, err := postRelease(ctx, tlsCfg, vaultURL, ReleasePath, jobID)
 	defer clear(raw)
 	if err != nil {
-		return nil, fmt.Errorf("certvault: release: read the answer: %w", err)
-	}
-	if len(raw) > maxReleaseAnswer {
-		return nil, fmt.Errorf("certvault: release: the answer is larger than %d bytes", maxReleaseAnswer)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return nil, releaseError(resp, raw)
+		return nil, err
 	}
 	var rel Release
 	if err := json.Unmarshal(raw, &rel); err != nil {
@@ -75,10 +51,6 @@ func Fetch(ctx context.Context, tlsCfg *tls.Config, vaultURL, jobID string) (*tl
 		return nil, errors.New("certvault: release: the answer has no certificate")
 	case rel.GrantID == "":
 		return nil, errors.New("certvault: release: the answer has no grant ID")
-	}
-	binding, err := identity.ChannelBinding(resp.TLS)
-	if err != nil {
-		return nil, fmt.Errorf("certvault: release: %w", err)
 	}
 	der, err := hpke.Open(priv, releaseKDF, releaseAEAD, releaseInfo(binding, rel.GrantID), rel.SealedKey)
 	if err != nil {
@@ -102,6 +74,52 @@ func Fetch(ctx context.Context, tlsCfg *tls.Config, vaultURL, jobID string) (*tl
 		return nil, errors.New("certvault: release: the released key does not match the certificate")
 	}
 	return &tls.Certificate{Certificate: rel.Chain, PrivateKey: key, Leaf: leaf}, nil
+}
+
+// postRelease sends a release request for jobID to path (ReleasePath,
+// HeadersReleasePath) with a fresh one-time HPKE key pair, on a connection
+// of its own bound by its Channel-Binding, and returns the body of a 200
+// answer (the caller clears it), the key pair, and the connection's channel
+// binding. Another answer is returned as its error.
+func postRelease(ctx context.Context, tlsCfg *tls.Config, vaultURL, path, jobID string) ([]byte, hpke.PrivateKey, string, error) {
+	priv, err := releaseKEM.GenerateKey()
+	if err != nil {
+		return nil, nil, "", fmt.Errorf("certvault: release: make a key pair: %w", err)
+	}
+	body, err := json.Marshal(ReleaseRequest{JobID: jobID, HPKEPublicKey: priv.PublicKey().Bytes()})
+	if err != nil {
+		return nil, nil, "", err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimRight(vaultURL, "/")+path, bytes.NewReader(body))
+	if err != nil {
+		return nil, nil, "", fmt.Errorf("certvault: release: %w", err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := identity.DoBound(ctx, tlsCfg, req)
+	if err != nil {
+		return nil, nil, "", fmt.Errorf("certvault: release: %w", err)
+	}
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxReleaseAnswer+1))
+	_ = resp.Body.Close()
+	if err != nil {
+		clear(raw)
+		return nil, nil, "", fmt.Errorf("certvault: release: read the answer: %w", err)
+	}
+	if len(raw) > maxReleaseAnswer {
+		clear(raw)
+		return nil, nil, "", fmt.Errorf("certvault: release: the answer is larger than %d bytes", maxReleaseAnswer)
+	}
+	if resp.StatusCode != http.StatusOK {
+		err := releaseError(resp, raw)
+		clear(raw)
+		return nil, nil, "", err
+	}
+	binding, err := identity.ChannelBinding(resp.TLS)
+	if err != nil {
+		clear(raw)
+		return nil, nil, "", fmt.Errorf("certvault: release: %w", err)
+	}
+	return raw, priv, binding, nil
 }
 
 // releaseError turns a refusal into the *job.Error of its problem document.

@@ -112,6 +112,12 @@ func (re *releaseEnv) connectingJob(t *testing.T, id, agent string) {
 // Channel-Binding header header(that connection's state) ("" for none).
 func (re *releaseEnv) rawRelease(t *testing.T, cfg *tls.Config, header func(*tls.ConnectionState) string, body []byte) (int, []byte, *tls.ConnectionState) {
 	t.Helper()
+	return re.rawReleaseTo(t, ReleasePath, cfg, header, body)
+}
+
+// rawReleaseTo is rawRelease to another path (HeadersReleasePath).
+func (re *releaseEnv) rawReleaseTo(t *testing.T, path string, cfg *tls.Config, header func(*tls.ConnectionState) string, body []byte) (int, []byte, *tls.ConnectionState) {
+	t.Helper()
 	u, _ := url.Parse(re.srv.URL)
 	c := cfg.Clone()
 	c.ServerName = u.Hostname()
@@ -122,7 +128,7 @@ func (re *releaseEnv) rawRelease(t *testing.T, cfg *tls.Config, header func(*tls
 	}
 	defer conn.Close()
 	cs := conn.ConnectionState()
-	req, _ := http.NewRequest(http.MethodPost, re.srv.URL+ReleasePath, bytes.NewReader(body))
+	req, _ := http.NewRequest(http.MethodPost, re.srv.URL+path, bytes.NewReader(body))
 	req.Header.Set("Content-Type", "application/json")
 	if h := header(&cs); h != "" {
 		req.Header.Set(identity.ChannelBindingHeader, h)

@@ -14,6 +14,7 @@ import (
 	"runtime"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -539,7 +540,7 @@ func (v *Vault) rotate(ctx context.Context, audit bool) (RotateResult, error) {
 	keys := v.keyring()
 	res := RotateResult{Active: keys.Active()}
 	var entries []jetstream.KeyValueEntry
-	if err := v.scan(ctx, "c.>", func(e jetstream.KeyValueEntry) error {
+	if err := v.scanSealed(ctx, func(e jetstream.KeyValueEntry) error {
 		entries = append(entries, e)
 		return nil
 	}); err != nil {
@@ -587,24 +588,19 @@ func (v *Vault) rotate(ctx context.Context, audit bool) (RotateResult, error) {
 // changes. It returns the version the record had and whether it rewrapped.
 func (v *Vault) rewrapOne(ctx context.Context, keys *Keyring, e jetstream.KeyValueEntry) (int, bool, error) {
 	for attempt := 0; ; attempt++ {
-		var rec record
-		if err := json.Unmarshal(e.Value(), &rec); err != nil {
-			return 0, false, fmt.Errorf("decode: %w", err)
+		rec, err := decodeSealed(e)
+		if err != nil {
+			return 0, false, err
 		}
-		old := rec.Key.KEK
+		old := rec.sealed.KEK
 		if old == keys.Active() {
 			return old, false, nil
 		}
-		sum, err := hex.DecodeString(rec.Info.SHA1)
-		if err != nil || len(sum) != 20 {
-			return old, false, fmt.Errorf("bad thumbprint in record")
-		}
-		ref := storeRef{rec.Scope, rec.Location, rec.Store}
-		rec.Key, err = rewrap(keys, ref.identity([20]byte(sum)), rec.Key)
+		sealed, err := rewrap(keys, rec.identity, rec.sealed)
 		if err != nil {
 			return old, false, err
 		}
-		val, err := json.Marshal(rec)
+		val, err := rec.with(sealed)
 		if err != nil {
 			return old, false, err
 		}
@@ -624,16 +620,63 @@ func (v *Vault) rewrapOne(ctx context.Context, keys *Keyring, e jetstream.KeyVal
 	}
 }
 
-// KEKVersionsInUse counts the records wrapped with each key-encryption key
-// version. A version absent from the result may be dropped from the keyring.
+// sealedRecord is a stored record of either kind that holds an envelope —
+// a certificate (its private key) or a job's write-only headers — as
+// rotation sees it: the envelope, the identity it is bound to, and the
+// record encoded again with another envelope.
+type sealedRecord struct {
+	identity []byte
+	sealed   sealedKey
+	with     func(sealedKey) ([]byte, error)
+}
+
+// sealedFilters select every record that holds an envelope.
+var sealedFilters = []string{"c.>", "h.>"}
+
+// scanSealed calls fn for every record that holds an envelope.
+func (v *Vault) scanSealed(ctx context.Context, fn func(jetstream.KeyValueEntry) error) error {
+	for _, f := range sealedFilters {
+		if err := v.scan(ctx, f, fn); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// decodeSealed decodes an entry that scanSealed found.
+func decodeSealed(e jetstream.KeyValueEntry) (sealedRecord, error) {
+	if strings.HasPrefix(e.Key(), "h.") {
+		var rec headerRecord
+		if err := json.Unmarshal(e.Value(), &rec); err != nil {
+			return sealedRecord{}, fmt.Errorf("decode %s: %w", e.Key(), err)
+		}
+		return sealedRecord{identity: headerIdentity(rec.Job, rec.Owner), sealed: rec.Values,
+			with: func(s sealedKey) ([]byte, error) { rec.Values = s; return json.Marshal(rec) }}, nil
+	}
+	var rec record
+	if err := json.Unmarshal(e.Value(), &rec); err != nil {
+		return sealedRecord{}, fmt.Errorf("decode %s: %w", e.Key(), err)
+	}
+	sum, err := hex.DecodeString(rec.Info.SHA1)
+	if err != nil || len(sum) != 20 {
+		return sealedRecord{}, fmt.Errorf("decode %s: bad thumbprint", e.Key())
+	}
+	ref := storeRef{rec.Scope, rec.Location, rec.Store}
+	return sealedRecord{identity: ref.identity([20]byte(sum)), sealed: rec.Key,
+		with: func(s sealedKey) ([]byte, error) { rec.Key = s; return json.Marshal(rec) }}, nil
+}
+
+// KEKVersionsInUse counts the records (certificates and write-only
+// headers) wrapped with each key-encryption key version. A version absent
+// from the result may be dropped from the keyring.
 func (v *Vault) KEKVersionsInUse(ctx context.Context) (map[int]int, error) {
 	use := map[int]int{}
-	err := v.scan(ctx, "c.>", func(e jetstream.KeyValueEntry) error {
-		var rec record
-		if err := json.Unmarshal(e.Value(), &rec); err != nil {
-			return fmt.Errorf("certvault: decode %s: %w", e.Key(), err)
+	err := v.scanSealed(ctx, func(e jetstream.KeyValueEntry) error {
+		rec, err := decodeSealed(e)
+		if err != nil {
+			return fmt.Errorf("certvault: %w", err)
 		}
-		use[rec.Key.KEK]++
+		use[rec.sealed.KEK]++
 		return nil
 	})
 	if err != nil {
@@ -646,12 +689,12 @@ func (v *Vault) KEKVersionsInUse(ctx context.Context) (map[int]int, error) {
 func (v *Vault) checkKeyring(ctx context.Context, keys *Keyring) error {
 	tried := map[int]bool{}
 	var problems []error
-	err := v.scan(ctx, "c.>", func(e jetstream.KeyValueEntry) error {
-		var rec record
-		if err := json.Unmarshal(e.Value(), &rec); err != nil {
-			return fmt.Errorf("decode %s: %w", e.Key(), err)
+	err := v.scanSealed(ctx, func(e jetstream.KeyValueEntry) error {
+		rec, err := decodeSealed(e)
+		if err != nil {
+			return err
 		}
-		ver := rec.Key.KEK
+		ver := rec.sealed.KEK
 		if tried[ver] {
 			return nil
 		}
@@ -660,12 +703,7 @@ func (v *Vault) checkKeyring(ctx context.Context, keys *Keyring) error {
 			problems = append(problems, fmt.Errorf("records are wrapped with key-encryption key version %d, which is not in the keyring %v", ver, keys))
 			return nil
 		}
-		sum, err := hex.DecodeString(rec.Info.SHA1)
-		if err != nil || len(sum) != 20 {
-			return fmt.Errorf("decode %s: bad thumbprint", e.Key())
-		}
-		ref := storeRef{rec.Scope, rec.Location, rec.Store}
-		dek, err := unwrapDEK(keys, ref.identity([20]byte(sum)), rec.Key)
+		dek, err := unwrapDEK(keys, rec.identity, rec.sealed)
 		clear(dek)
 		if err != nil {
 			problems = append(problems, fmt.Errorf("key-encryption key version %d in the keyring does not open the records wrapped with version %d: it is not the key they were written with", ver, ver))
