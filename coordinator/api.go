@@ -14,6 +14,7 @@ import (
 	"github.com/ferry-dev/ferry/events"
 	"github.com/ferry-dev/ferry/job"
 	"github.com/ferry-dev/ferry/job/httpapi"
+	"github.com/ferry-dev/ferry/job/jobstore"
 	"github.com/google/uuid"
 )
 
@@ -77,6 +78,8 @@ func (s *Service) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/jobs/{id}/client-certificate", s.handle(s.getClientCertificate))
 	mux.HandleFunc("DELETE /v1/jobs/{id}/client-certificate", s.handle(s.removeClientCertificate))
 	mux.HandleFunc("POST /v1/jobs/{id}/take-ownership", s.handle(s.takeOwnership))
+	mux.HandleFunc("POST "+WriteOnlyHeadersPath, s.handle(s.makeHeadersWriteOnly))
+	mux.HandleFunc("DELETE "+WriteOnlyHeadersPath, s.handle(s.clearWriteOnlyHeaders))
 	mux.HandleFunc("GET /v1/jobs/{id}/events", s.handle(s.jobEvents))
 	mux.HandleFunc("GET /v1/pools/{pool}/bandwidth", s.handle(s.getBandwidth))
 	mux.HandleFunc("PUT /v1/pools/{pool}/bandwidth", s.handle(s.putBandwidth))
@@ -305,20 +308,33 @@ func (s *Service) action(w http.ResponseWriter, r *http.Request, c caller) error
 // respond runs a command on the job named in the path and answers with the
 // result code and the new state.
 func (s *Service) respond(w http.ResponseWriter, r *http.Request, cmd job.Command, c caller) error {
+	res, err := s.run(r, cmd, c)
+	if err != nil {
+		return err
+	}
+	answer(w, res, false)
+	return nil
+}
+
+// run runs a command on the job named in the path.
+func (s *Service) run(r *http.Request, cmd job.Command, c caller) (jobstore.Result, error) {
 	id := r.PathValue("id")
 	j, err := s.load(r.Context(), id, c)
 	if err != nil {
-		return err
+		return jobstore.Result{}, err
 	}
 	// The read model's view is a fine start: if it lags, the append
 	// conflicts and the job is caught up from its events.
-	res, err := s.exec(r.Context(), id, cmd, c.Principal, &j)
-	if err != nil {
-		return err
-	}
+	return s.exec(r.Context(), id, cmd, c.Principal, &j)
+}
+
+// answer writes the result code and the job after a command: S_FALSE when
+// it appended no events, unless changed says that something outside the
+// job (certvault) changed.
+func answer(w http.ResponseWriter, res jobstore.Result, changed bool) {
 	code, status := job.S_OK, http.StatusOK
 	switch {
-	case len(res.Events) == 0:
+	case len(res.Events) == 0 && !changed:
 		code = job.S_FALSE
 	case res.Job.PendingComplete:
 		status = http.StatusAccepted // the files' host renames them
@@ -326,7 +342,6 @@ func (s *Service) respond(w http.ResponseWriter, r *http.Request, cmd job.Comman
 		code = job.BG_S_PARTIAL_COMPLETE
 	}
 	writeJSON(w, status, ActionResponse{Code: code.Symbol, HResult: code.HResultString(), Job: res.Job})
-	return nil
 }
 
 // jobEvents streams a job's events as server-sent events: every stored event

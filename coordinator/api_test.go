@@ -76,7 +76,7 @@ func newEnvWith(t *testing.T, withVault bool, tweak ...func(*coordinator.Config)
 		if vault, err = certvault.New(ctx, js, store, keyring, zerolog.Nop()); err != nil {
 			t.Fatal(err)
 		}
-		cfg.Certs = vault
+		cfg.Certs, cfg.Headers = vault, vault
 	}
 	svc, err := coordinator.New(ctx, cfg, zerolog.Nop(), js, store)
 	if err != nil {

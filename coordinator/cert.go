@@ -10,6 +10,7 @@ import (
 	"unicode/utf16"
 
 	"github.com/ferry-dev/ferry/certvault"
+	"github.com/ferry-dev/ferry/events"
 	"github.com/ferry-dev/ferry/job"
 )
 
@@ -193,7 +194,8 @@ func (s *Service) removeClientCertificate(w http.ResponseWriter, r *http.Request
 }
 
 // takeOwnership is TakeOwnership: an administrator becomes the job's owner,
-// and the job's client certificate (the previous owner's) is removed.
+// and the job's client certificate, custom headers (plain and write-only)
+// and notification target (the previous owner's) are removed.
 func (s *Service) takeOwnership(w http.ResponseWriter, r *http.Request, c caller) error {
 	if !c.admin() {
 		return job.Errorf(job.E_ACCESSDENIED, "only administrators may take ownership of a job")
@@ -204,5 +206,16 @@ func (s *Service) takeOwnership(w http.ResponseWriter, r *http.Request, c caller
 			return err
 		}
 	}
-	return s.respond(w, r, job.TakeOwnership{NewOwner: c.Principal}, c)
+	res, err := s.run(r, job.TakeOwnership{NewOwner: c.Principal}, c)
+	if err != nil {
+		return err
+	}
+	if len(res.Events) > 0 {
+		// The previous owner's write-only header values go too. Best
+		// effort: the job no longer lists them, so certvault would not
+		// release them anyway.
+		s.dropHeaders(r.Context(), c, res.Job.ID, events.HeadersDeletedOwnershipMoved)
+	}
+	answer(w, res, false)
+	return nil
 }

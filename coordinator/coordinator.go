@@ -6,7 +6,8 @@
 //
 // It imports job (and its jobstore and dispatch packages), events, and
 // certvault's names and identities (a job's client certificate is checked
-// through the CertLookup interface it declares); never agent.
+// through the CertLookup interface it declares, and write-only header
+// values are kept through HeaderVault); never agent.
 package coordinator
 
 import (
@@ -42,6 +43,10 @@ type Config struct {
 	// Certs resolves the client certificates jobs name. Nil: setting a
 	// client certificate answers ERROR_SERVICE_UNAVAILABLE.
 	Certs CertLookup
+	// Headers keeps the values of write-only custom headers. Nil: making
+	// headers write-only (or clearing them) answers
+	// ERROR_SERVICE_UNAVAILABLE.
+	Headers HeaderVault
 }
 
 // Service is the coordinator.
@@ -81,7 +86,7 @@ func New(ctx context.Context, cfg Config, log zerolog.Logger, js jetstream.JetSt
 		cfg: cfg, log: log.With().Str("component", "coordinator").Logger(), js: js, store: store,
 		repo:      &jobstore.Repo{Store: store},
 		readModel: ReadModel{KV: kv}, settings: settings,
-		kick:      make(chan struct{}, 1),
+		kick: make(chan struct{}, 1),
 	}
 	s.projector = &Projector{Store: store, KV: kv, Log: s.log, OnApply: s.onApply}
 	return s, nil

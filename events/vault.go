@@ -128,6 +128,9 @@ type VaultKeysRewrapped struct {
 const (
 	HeadersDeletedByOwner        = "removed"
 	HeadersDeletedOwnershipMoved = "ownership-changed"
+	// HeadersDeletedNotApplied: the values were stored but the job refused
+	// to list them (it changed meanwhile), so they were taken back.
+	HeadersDeletedNotApplied = "not-applied"
 )
 
 // WriteOnlyHeadersStored: the values of a job's write-only custom headers
@@ -144,7 +147,8 @@ type WriteOnlyHeadersStored struct {
 }
 
 // WriteOnlyHeadersDeleted: a job's write-only header values were deleted.
-// Reason is "removed" (the owner cleared them) or "ownership-changed".
+// Reason is "removed" (the owner cleared them), "ownership-changed" or
+// "not-applied".
 type WriteOnlyHeadersDeleted struct {
 	Job    string   `json:"job"`
 	Names  []string `json:"names"`
