@@ -17,6 +17,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -42,7 +43,7 @@ type Config struct {
 	Pool      string // default "default"
 	// Root is the directory every file is written under; destinations
 	// outside it are refused.
-	Root  string
+	Root string
 	// Slots is how many background (HIGH, NORMAL, LOW) jobs transfer at
 	// once (default 4); MaxForeground how many FOREGROUND jobs transfer
 	// besides them (default 4). A higher class runs before a lower one,
@@ -66,6 +67,11 @@ type Config struct {
 	// an origin asks for one; nil: jobs with a certificate fail like jobs
 	// without one.
 	ClientCerts ClientCerts
+	// WriteOnlyHeaders releases the values of a job's write-only custom
+	// headers from certvault, just in time; nil: jobs with write-only
+	// headers fail with ERROR_SERVICE_UNAVAILABLE (transient: another
+	// agent of the pool may be able to send them).
+	WriteOnlyHeaders WriteOnlyHeaders
 	// Bandwidth are the limits the agent starts with; the pool's setting
 	// in the settings bucket replaces them at run time.
 	Bandwidth dispatch.Bandwidth
@@ -78,6 +84,14 @@ type Config struct {
 // lease of, just in time (certvault's release, bound to its TLS channel).
 type ClientCerts interface {
 	Release(ctx context.Context, jobID string) (*tls.Certificate, error)
+}
+
+// WriteOnlyHeaders fetches the values of the write-only custom headers of a
+// job this agent holds the lease of, just in time (certvault's header
+// release, bound to its TLS channel), as "Name: value" lines.
+// Implementations never log them.
+type WriteOnlyHeaders interface {
+	ReleaseHeaders(ctx context.Context, jobID string) ([]string, error)
 }
 
 func (c *Config) defaults() error {
@@ -339,8 +353,9 @@ func (a *Agent) transfer(ctx context.Context, m jetstream.Msg) {
 	log.Info().Str("priority", string(j.Priority)).Msg("job leased")
 
 	certs := a.clientCertFor(&j) // one release at most per lease
+	hdrs := a.writeOnlyHeadersFor(&j)
 	for idx := j.NextFile(); idx >= 0; idx = j.NextFile() {
-		err := a.transferUntilPreempted(jobCtx, &j, idx, certs, ticket, log)
+		err := a.transferUntilPreempted(jobCtx, &j, idx, certs, hdrs, ticket, log)
 		var f *download.Failure
 		switch {
 		case err == nil:
@@ -403,7 +418,7 @@ var errPreempted = errors.New("agent: the scheduler gave the job's slot to other
 // transferUntilPreempted transfers file idx until it is done, fails, or the
 // scheduler takes the slot back (errPreempted; the file stays resumable at
 // its last checkpoint).
-func (a *Agent) transferUntilPreempted(ctx context.Context, j *job.Job, idx int, certs download.ClientCertProvider, t *Ticket, log zerolog.Logger) error {
+func (a *Agent) transferUntilPreempted(ctx context.Context, j *job.Job, idx int, certs download.ClientCertProvider, hdrs *headerSource, t *Ticket, log zerolog.Logger) error {
 	runCtx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	done := make(chan struct{})
@@ -417,7 +432,7 @@ func (a *Agent) transferUntilPreempted(ctx context.Context, j *job.Job, idx int,
 		case <-done:
 		}
 	}()
-	err := a.transferFile(runCtx, j, idx, certs, log)
+	err := a.transferFile(runCtx, j, idx, certs, hdrs, log)
 	if err != nil && errors.Is(context.Cause(runCtx), errPreempted) && ctx.Err() == nil {
 		if t.Reason() == StopRemoved {
 			return fmt.Errorf("agent: job removed from the scheduler: %w", context.Canceled)
@@ -477,7 +492,7 @@ func (a *Agent) stopJob(id string) {
 }
 
 // transferFile moves file idx of j, chaining every event on j.
-func (a *Agent) transferFile(ctx context.Context, j *job.Job, idx int, certs download.ClientCertProvider, log zerolog.Logger) error {
+func (a *Agent) transferFile(ctx context.Context, j *job.Job, idx int, certs download.ClientCertProvider, hdrs *headerSource, log zerolog.Logger) error {
 	f := j.Files[idx]
 	rel, err := a.relPath(f.LocalName)
 	if err != nil {
@@ -491,6 +506,17 @@ func (a *Agent) transferFile(ctx context.Context, j *job.Job, idx int, certs dow
 	}
 	if err := a.exec(ctx, j, job.StartConnecting{Agent: a.cfg.ID, FileIndex: idx}); err != nil {
 		return err
+	}
+	// Write-only header values come from certvault now that the job is
+	// CONNECTING (certvault releases them only then, and while
+	// TRANSFERRING); they replace plain headers of the same names.
+	header := customHeaders(j.Options.CustomHeaders)
+	if len(j.Options.WriteOnlyHeaders) > 0 {
+		lines, err := hdrs.get(ctx, j)
+		if err != nil {
+			return err
+		}
+		header = withWriteOnly(header, lines)
 	}
 	temp := TempName(rel, j.ID, idx)
 	// One HTTP client per transfer: a connection authenticated with one
@@ -525,7 +551,7 @@ func (a *Agent) transferFile(ctx context.Context, j *job.Job, idx int, certs dow
 	// before any HTTP request is sent, as BITS does.
 	res, err := download.Fetch(fetchCtx, download.Request{
 		URL: f.RemoteURL, Root: a.root, TempName: temp, Client: client,
-		Header: customHeaders(j.Options.CustomHeaders), Ranges: fileRanges(f.Ranges),
+		Header: header, Ranges: fileRanges(f.Ranges),
 		ExpectedSHA256: f.ExpectedSHA256, Dynamic: j.Options.Dynamic, MaxSize: j.Options.MaxDownloadSize,
 		Limiter: a.limiter(j.Priority), MinFreeBytes: a.cfg.MinFreeBytes,
 		CheckpointInterval: a.cfg.CheckpointInterval, CheckpointBytes: a.cfg.CheckpointBytes,
@@ -583,6 +609,58 @@ func (a *Agent) clientCertFor(j *job.Job) download.ClientCertProvider {
 		cert = c
 		return cert, nil
 	}
+}
+
+// headerSource releases a job's write-only header values from certvault
+// when a transfer first needs them, once per lease (and again if the job's
+// write-only headers change meanwhile), and keeps them in memory only
+// while the dispatch's transfers run. A nil *headerSource is an agent
+// without a way to certvault.
+type headerSource struct {
+	rel WriteOnlyHeaders
+	id  string
+
+	mu      sync.Mutex
+	attempt int
+	names   []string
+	lines   []string
+}
+
+// writeOnlyHeadersFor is the header source of j's transfers.
+func (a *Agent) writeOnlyHeadersFor(j *job.Job) *headerSource {
+	if a.cfg.WriteOnlyHeaders == nil {
+		return nil
+	}
+	return &headerSource{rel: a.cfg.WriteOnlyHeaders, id: j.ID}
+}
+
+// get returns the "Name: value" lines of j's write-only headers. A refusal
+// or an unreachable certvault fails the transfer like a client certificate
+// that was not released (transient when certvault is unavailable). The
+// values are never logged or put in a description.
+func (h *headerSource) get(ctx context.Context, j *job.Job) ([]string, error) {
+	if h == nil {
+		return nil, &download.Failure{Context: job.ContextRemoteFile, Code: job.ERROR_SERVICE_UNAVAILABLE, Transient: true,
+			Description: "the job has write-only custom headers and this agent has no certvault to release them"}
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.lines != nil && h.attempt == j.Attempt && slices.Equal(h.names, j.Options.WriteOnlyHeaders) {
+		return h.lines, nil
+	}
+	h.lines = nil
+	lines, err := h.rel.ReleaseHeaders(ctx, h.id)
+	if err != nil {
+		code := job.CodeOf(err)
+		transient := code == job.E_FAIL || code == job.ERROR_SERVICE_UNAVAILABLE
+		if transient {
+			code = job.ERROR_SERVICE_UNAVAILABLE
+		}
+		return nil, &download.Failure{Context: job.ContextRemoteFile, Code: code, Transient: transient,
+			Description: "certvault did not release the job's write-only custom headers: " + err.Error(), Err: err}
+	}
+	h.lines, h.attempt, h.names = lines, j.Attempt, slices.Clone(j.Options.WriteOnlyHeaders)
+	return lines, nil
 }
 
 // fenced runs when a write was refused: the job was suspended, cancelled,

@@ -65,6 +65,28 @@ func customHeaders(lines []string) http.Header {
 	return h
 }
 
+// withWriteOnly adds the lines of write-only headers to h (plain headers,
+// from customHeaders): a write-only header replaces plain ones of its
+// name, so a value meant to stay secret is never sent beside another.
+func withWriteOnly(h http.Header, lines []string) http.Header {
+	if len(lines) == 0 {
+		return h
+	}
+	out := make(http.Header, len(h)+len(lines))
+	for k, v := range h {
+		out[k] = v
+	}
+	for _, l := range lines {
+		name, _, _ := strings.Cut(l, ":")
+		out.Del(strings.TrimSpace(name))
+	}
+	for _, l := range lines {
+		name, value, _ := strings.Cut(l, ":")
+		out.Add(strings.TrimSpace(name), strings.TrimSpace(value))
+	}
+	return out
+}
+
 func fileRanges(rs []events.FileRange) []download.Range {
 	if rs == nil {
 		return nil
