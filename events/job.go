@@ -1,6 +1,10 @@
 package events
 
-import "time"
+import (
+	"encoding/json"
+	"errors"
+	"time"
+)
 
 // Job lifecycle event types. The names and their fields are a public API
 // (docs/events.md); never change their meaning, add a version instead.
@@ -217,9 +221,43 @@ type JobTransferred struct{}
 
 // JobTransientError: a recoverable failure; the job retries at RetryAt unless
 // NoProgressTimeout runs out first.
+//
+// Version 2 (current) added Attempt and RetryAfterSec, so that the event
+// alone says which lease attempt failed and how long the job waits, without
+// replaying the job's earlier events. Version 1 ({error, retry_at}) is
+// upcast with both zero, which means "not recorded": attempts count from 1
+// and a retry delay is at least 5 s, so zero is never a recorded value.
 type JobTransientError struct {
 	Error   ErrorInfo `json:"error"`
 	RetryAt time.Time `json:"retry_at"`
+	// Attempt is the lease attempt that failed (JobLeased.Attempt).
+	Attempt int `json:"attempt"`
+	// RetryAfterSec is the delay until RetryAt in whole seconds, rounded
+	// up: the job's minimum retry delay, or the origin's Retry-After when
+	// that is longer.
+	RetryAfterSec int64 `json:"retry_after_s"`
+}
+
+// upcastJobTransientErrorV1 turns JobTransientError v1 data into v2: the
+// fields of v1 verbatim, attempt and retry_after_s 0 (not recorded).
+func upcastJobTransientErrorV1(data json.RawMessage) (json.RawMessage, error) {
+	var v1 struct {
+		Error   json.RawMessage `json:"error"`
+		RetryAt json.RawMessage `json:"retry_at"`
+	}
+	if err := json.Unmarshal(data, &v1); err != nil {
+		return nil, err
+	}
+	if v1.Error == nil || v1.RetryAt == nil {
+		return nil, errors.New("version 1 data without error or retry_at")
+	}
+	v2 := struct {
+		Error         json.RawMessage `json:"error"`
+		RetryAt       json.RawMessage `json:"retry_at"`
+		Attempt       int             `json:"attempt"`
+		RetryAfterSec int64           `json:"retry_after_s"`
+	}{Error: v1.Error, RetryAt: v1.RetryAt}
+	return json.Marshal(v2)
 }
 
 // JobFailed moves the job to ERROR with a fatal error.
@@ -342,7 +380,7 @@ func (*JobTransferring) EventVersion() int      { return 1 }
 func (*FileProgressed) EventVersion() int       { return 1 }
 func (*FileTransferred) EventVersion() int      { return 1 }
 func (*JobTransferred) EventVersion() int       { return 1 }
-func (*JobTransientError) EventVersion() int    { return 1 }
+func (*JobTransientError) EventVersion() int    { return 2 }
 func (*JobFailed) EventVersion() int            { return 1 }
 func (*JobCompleteRequested) EventVersion() int { return 1 }
 func (*JobAcknowledged) EventVersion() int      { return 1 }
@@ -363,6 +401,7 @@ func init() {
 	register(func() Payload { return new(FileTransferred) })
 	register(func() Payload { return new(JobTransferred) })
 	register(func() Payload { return new(JobTransientError) })
+	registerUpcaster(TypeJobTransientError, 1, upcastJobTransientErrorV1)
 	register(func() Payload { return new(JobFailed) })
 	register(func() Payload { return new(JobCompleteRequested) })
 	register(func() Payload { return new(JobAcknowledged) })
