@@ -8,6 +8,7 @@ package jobstore
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -21,11 +22,38 @@ const DefaultMaxAttempts = 8
 // Repo runs commands on jobs stored in an events.Store.
 type Repo struct {
 	Store events.Store
+	// Snapshots, if set, is where Load (and Execute, which loads) starts:
+	// a job's state from a snapshot plus the job's events after it, instead
+	// of all of its events. Without it, or when it has no usable snapshot
+	// of a job, Load replays the job from its first event.
+	Snapshots Snapshots
+	// SnapshotUnusable, if set, is called when Snapshots failed or returned
+	// a snapshot Load could not use (it then replayed the whole job), with
+	// the reason. Frequent calls mean slow loads: log or count them.
+	SnapshotUnusable func(id string, reason error)
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 	// MaxAttempts bounds conflict retries; 0 means DefaultMaxAttempts.
 	MaxAttempts int
 }
+
+// Snapshots is a source of job states that were built from a job's events
+// up to some sequence: a projection such as the coordinator's read model.
+// Loading a job with many events is then a snapshot and the few events
+// after it.
+type Snapshots interface {
+	// Snapshot returns the stored state of job id and the stream sequence
+	// of the last event it includes, which must equal j.Version (the
+	// projection applied exactly the job's events up to seq, in order,
+	// with job.Evolve of the same rules as this process). ok is false when
+	// there is none; an error means the source failed. Repo copies j
+	// before it applies anything to it.
+	Snapshot(ctx context.Context, id string) (j job.Job, seq uint64, ok bool, err error)
+}
+
+// ErrSnapshotUnusable is wrapped by the reasons given to
+// Repo.SnapshotUnusable.
+var ErrSnapshotUnusable = errors.New("jobstore: snapshot unusable")
 
 func (r *Repo) now() time.Time {
 	if r.Now != nil {
@@ -34,20 +62,74 @@ func (r *Repo) now() time.Time {
 	return time.Now()
 }
 
-// Load replays job id from its events. It returns a BG_E_NOT_FOUND *job.Error
-// when the job has no events.
+// Load rebuilds job id: from its snapshot and the events after it when
+// Snapshots has a usable one, else from all of its events. It returns a
+// BG_E_NOT_FOUND *job.Error when the job has no events.
 func (r *Repo) Load(ctx context.Context, id string) (job.Job, error) {
 	if !events.ValidID(id) {
 		return job.Job{}, job.Errorf(job.BG_E_NOT_FOUND, "job %q not found", id)
 	}
-	var j job.Job
-	if err := r.Refresh(ctx, &j, id); err != nil {
+	j, ok, err := r.fromSnapshot(ctx, id)
+	if err != nil {
 		return job.Job{}, err
+	}
+	if !ok {
+		if err := r.Refresh(ctx, &j, id); err != nil {
+			return job.Job{}, err
+		}
 	}
 	if !j.Exists() {
 		return job.Job{}, job.Errorf(job.BG_E_NOT_FOUND, "job %s not found", id)
 	}
 	return j, nil
+}
+
+// fromSnapshot loads job id from its snapshot and the events after it. ok
+// is false when there is no usable snapshot: then j is zero and the caller
+// replays the job from the start. A snapshot is used only when its sequence
+// is an event of this job in this log, which one read shows: the events
+// from that sequence on (not after it), the first of which must be the one
+// at the snapshot's sequence. A snapshot ahead of the log (a log restored
+// from an older backup, a replica that lags, a purged job) or of another
+// log never is.
+func (r *Repo) fromSnapshot(ctx context.Context, id string) (j job.Job, ok bool, err error) {
+	if r.Snapshots == nil {
+		return job.Job{}, false, nil
+	}
+	unusable := func(format string, args ...any) (job.Job, bool, error) {
+		if r.SnapshotUnusable != nil {
+			r.SnapshotUnusable(id, fmt.Errorf("%w: job %s: "+format, append([]any{ErrSnapshotUnusable, id}, args...)...))
+		}
+		return job.Job{}, false, nil
+	}
+	snap, seq, ok, err := r.Snapshots.Snapshot(ctx, id)
+	switch {
+	case err != nil:
+		if ctx.Err() != nil {
+			return job.Job{}, false, fmt.Errorf("jobstore: load %s: %w", id, ctx.Err())
+		}
+		return unusable("%w", err)
+	case !ok:
+		return job.Job{}, false, nil
+	case seq == 0 || snap.Version != seq:
+		return unusable("sequence %d, state version %d", seq, snap.Version)
+	case snap.ID != id:
+		return unusable("state of job %q", snap.ID)
+	}
+	evs, err := r.Store.Load(ctx, events.JobSubject(id), seq-1)
+	if err != nil {
+		return job.Job{}, false, fmt.Errorf("jobstore: load %s: %w", id, err)
+	}
+	if len(evs) == 0 || evs[0].Seq != seq {
+		return unusable("sequence %d is not one of its events in the log", seq)
+	}
+	j = snap.Clone()
+	for i := range evs[1:] {
+		if err := job.Evolve(&j, &evs[1+i]); err != nil {
+			return job.Job{}, false, err
+		}
+	}
+	return j, true, nil
 }
 
 // Refresh applies the events of job id after j.Version to j.
