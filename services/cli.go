@@ -183,6 +183,9 @@ func optionsText(o events.JobOptions) string {
 	if len(o.CustomHeaders) > 0 {
 		parts = append(parts, "headers "+strings.Join(job.HeaderNames(o.CustomHeaders), ", "))
 	}
+	if len(o.WriteOnlyHeaders) > 0 {
+		parts = append(parts, "write-only headers "+strings.Join(o.WriteOnlyHeaders, ", "))
+	}
 	if n := o.Notify; n != nil {
 		parts = append(parts, "notify "+strings.Join(n.Flags, "+")+" to "+n.URL)
 	}

@@ -188,9 +188,10 @@ func StartDev(ctx context.Context, cfg DevConfig, log zerolog.Logger) (_ *Dev, e
 	if err != nil {
 		return nil, err
 	}
-	// In the all-in-one stack the coordinator checks job certificates in
-	// the vault directly (same process, same JetStream).
-	coord, err := coordinator.New(ctx, coordinator.Config{ReconcileInterval: cfg.ReconcileInterval, Auth: pki.auth, Certs: vault,
+	// In the all-in-one stack the coordinator checks job certificates and
+	// stores write-only header values in the vault directly (same process,
+	// same JetStream).
+	coord, err := coordinator.New(ctx, coordinator.Config{ReconcileInterval: cfg.ReconcileInterval, Auth: pki.auth, Certs: vault, Headers: vault,
 		Limits: cfg.Limits, JobInactivityTimeout: cfg.JobInactivityTimeout}, log, d.nats.JS, store)
 	if err != nil {
 		return nil, err
@@ -246,12 +247,14 @@ func StartDev(ctx context.Context, cfg DevConfig, log zerolog.Logger) (_ *Dev, e
 	if err != nil {
 		return nil, err
 	}
+	releases := vaultReleases{tls: identity.ClientTLSConfig(agentCert, pki.ca.Pool()), url: d.info.CertvaultURL}
 	ag, err := agent.New(agent.Config{
 		ID: cfg.AgentID, Principal: identity.SPIFFEID{TrustDomain: pki.ca.TrustDomain(), Role: identity.RoleAgent, Name: cfg.AgentID}.String(),
 		Root: cfg.Root, AckWait: cfg.AckWait, Slots: cfg.Slots, MaxForeground: cfg.MaxForeground, TimeSlice: cfg.TimeSlice, MinFreeBytes: cfg.MinFreeBytes,
 		CheckpointInterval: cfg.CheckpointInterval,
 		Client:             download.ClientOptions{RootCAs: roots, IdleReadTimeout: cfg.IdleReadTimeout},
-		ClientCerts:        vaultReleases{tls: identity.ClientTLSConfig(agentCert, pki.ca.Pool()), url: d.info.CertvaultURL},
+		ClientCerts:        releases,
+		WriteOnlyHeaders:   releases,
 	}, log, d.nats.JS, store)
 	if err != nil {
 		return nil, err

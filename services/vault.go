@@ -71,6 +71,7 @@ func vaultServer(ctx context.Context, js jetstream.JetStream, store events.Store
 	mux := http.NewServeMux()
 	mux.Handle("GET "+identity.SessionPath, auth.SessionHandler())
 	mux.Handle(certvault.ReleasePath, v.ReleaseHandler(auth, &jobstore.Repo{Store: store}))
+	mux.Handle(certvault.HeadersReleasePath, v.HeadersReleaseHandler(auth, &jobstore.Repo{Store: store}))
 	mux.Handle("/", v.Handler(callerOf))
 	tlsCfg := identity.ServerTLSConfig(cert, auth.Roots)
 	tlsCfg.MinVersion = tls.VersionTLS13
@@ -78,8 +79,9 @@ func vaultServer(ctx context.Context, js jetstream.JetStream, store events.Store
 	return v, srv, nil
 }
 
-// vaultReleases is an agent's way to its job keys: certvault's release
-// endpoint, reached with the agent's own identity.
+// vaultReleases is an agent's way to its jobs' keys and write-only header
+// values: certvault's release endpoints, reached with the agent's own
+// identity.
 type vaultReleases struct {
 	tls *tls.Config
 	url string
@@ -87,4 +89,8 @@ type vaultReleases struct {
 
 func (v vaultReleases) Release(ctx context.Context, jobID string) (*tls.Certificate, error) {
 	return certvault.Fetch(ctx, v.tls, v.url, jobID)
+}
+
+func (v vaultReleases) ReleaseHeaders(ctx context.Context, jobID string) ([]string, error) {
+	return certvault.FetchHeaders(ctx, v.tls, v.url, jobID)
 }
