@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/netip"
 	"sync/atomic"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -246,8 +247,22 @@ func checkRedirect(req *http.Request, via []*http.Request, allowDowngrade bool) 
 	if prev.Scheme == "https" && req.URL.Scheme == "http" && !allowDowngrade {
 		return &redirectError{fmt.Sprintf("the server redirected from https to plain http (%s); allow it with AllowHTTPSToHTTP", redactURL(req.URL))}
 	}
+	if !strings.EqualFold(req.URL.Host, via[0].URL.Host) {
+		// A job's custom headers (often tokens, some write-only) are for
+		// the origin the job names: net/http strips only Authorization and
+		// cookies on a redirect to another host, so drop the rest here.
+		for k := range req.Header {
+			if !redirectKeeps[k] {
+				delete(req.Header, k)
+			}
+		}
+	}
 	return nil
 }
+
+// redirectKeeps are the request headers a redirect to another host keeps:
+// those the transfer itself sets.
+var redirectKeeps = map[string]bool{"Range": true, "If-Range": true, "User-Agent": true, "Accept": true, "Accept-Encoding": true}
 
 // blockedAddrError is returned by the dialer's control function when the
 // resolved address is link-local or a cloud metadata endpoint.

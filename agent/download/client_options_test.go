@@ -216,3 +216,32 @@ func TestSecurityFlags(t *testing.T) {
 		})
 	}
 }
+
+// TestRedirectToAnotherHostDropsCustomHeaders: a job's custom headers reach
+// the origin it names, and not the host a redirect sends it to.
+func TestRedirectToAnotherHostDropsCustomHeaders(t *testing.T) {
+	s := origintest.New(t, origintest.Options{})
+	c := origintest.Content{Seed: 9, Size: 5_000}
+	s.SetFile("/real.bin", origintest.File{Content: c, ETag: `"r"`})
+	ca := newCA(t, "redirector CA")
+	var seen http.Header
+	redir := tlsServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		seen = r.Header.Clone()
+		http.Redirect(w, r, s.URL+"/real.bin", http.StatusFound)
+	}), ca.localhost(t), nil, false)
+	pool := s.CAPool.Clone()
+	pool.AddCert(ca.cert)
+	root, _ := testRoot(t)
+	h := http.Header{"X-Api-Key": {"k-123"}, "X-Trace": {"t"}}
+	if _, err := Fetch(t.Context(), Request{URL: redir.URL + "/start", Root: root, TempName: tempName, Header: h,
+		Client: testClient(t, ClientOptions{RootCAs: pool})}); err != nil {
+		t.Fatal(err)
+	}
+	if seen.Get("X-Api-Key") != "k-123" {
+		t.Fatalf("the named origin did not get the custom header: %v", seen)
+	}
+	reqs := s.Requests()
+	if len(reqs) != 1 || reqs[0].Header.Get("X-Api-Key") != "" || reqs[0].Header.Get("X-Trace") != "" {
+		t.Fatalf("the redirect target got the job's custom headers: %+v", reqs)
+	}
+}

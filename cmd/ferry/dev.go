@@ -1,7 +1,6 @@
 package main
 
 import (
-	"github.com/ferry-dev/ferry/agent/download"
 	"fmt"
 	"os"
 	"time"
@@ -69,7 +68,7 @@ Try it from another terminal:
 	f.DurationVar(&cfg.CheckpointInterval, "checkpoint-interval", time.Second, "progress checkpoint interval")
 	f.IntVar(&cfg.Slots, "slots", 4, "background jobs the agent transfers at once (FOREGROUND jobs run besides them)")
 	f.DurationVar(&cfg.TimeSlice, "time-slice", time.Minute, "how long a job runs before it yields to a waiting job of its priority")
-	f.DurationVar(&cfg.IdleReadTimeout, "idle-read-timeout", download.DefaultIdleReadTimeout, "a download that receives nothing for this long fails with ERROR_WINHTTP_TIMEOUT (and retries)")
+	f.DurationVar(&cfg.IdleReadTimeout, "idle-read-timeout", 60*time.Second, "a download that receives nothing for this long fails with ERROR_WINHTTP_TIMEOUT (and retries)")
 	f.Int64Var(&cfg.MinFreeBytes, "min-free-bytes", 0, "disk space the agent keeps free: a file that would leave less fails with ERROR_DISK_FULL")
 	f.IntVar(&cfg.Limits.MaxFilesPerJob, "max-files-per-job", job.DefaultMaxFilesPerJob, "BG_E_TOO_MANY_FILES_IN_JOB beyond this")
 	f.IntVar(&cfg.Limits.MaxRangesPerFile, "max-ranges-per-file", job.DefaultMaxRangesPerFile, "BG_E_TOO_MANY_RANGES_IN_FILE beyond this")
