@@ -89,6 +89,12 @@ func New(ctx context.Context, cfg Config, log zerolog.Logger, js jetstream.JetSt
 		kick: make(chan struct{}, 1),
 	}
 	s.projector = &Projector{Store: store, KV: kv, Log: s.log, OnApply: s.onApply}
+	// Writers start from the projected state and read only the events
+	// after it: long-lived jobs stay cheap to load.
+	s.repo.Snapshots = s.readModel
+	s.repo.SnapshotUnusable = func(id string, reason error) {
+		s.log.Warn().Err(reason).Str("job", id).Msg("read model snapshot not used; replaying the job's events")
+	}
 	return s, nil
 }
 

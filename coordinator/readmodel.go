@@ -233,6 +233,17 @@ func (m ReadModel) Get(ctx context.Context, id string) (job.Job, bool, error) {
 	return j, true, nil
 }
 
+// Snapshot is the read model as a jobstore.Snapshots source: a job's
+// projected state is the replay of its events up to its version, so a
+// writer loads only the events after it.
+func (m ReadModel) Snapshot(ctx context.Context, id string) (job.Job, uint64, bool, error) {
+	j, ok, err := m.Get(ctx, id)
+	if err != nil || !ok {
+		return job.Job{}, 0, false, err
+	}
+	return j, j.Version, true, nil
+}
+
 // List returns every job for which keep returns true, newest first.
 func (m ReadModel) List(ctx context.Context, keep func(*job.Job) bool) ([]job.Job, error) {
 	lister, err := m.KV.ListKeys(ctx)
