@@ -332,6 +332,14 @@ func (a *Agent) transfer(ctx context.Context, m jetstream.Msg) {
 		a.handBack(ctx, m, log, err)
 		return
 	}
+	// Follow the job's events while this agent holds it: a Suspend, Cancel,
+	// Complete or deadline stops the transfer at once (not at the next
+	// write), and a priority change reaches the scheduler even while the
+	// job waits for a slot.
+	jobCtx, stopJob := context.WithCancelCause(jobCtx)
+	defer stopJob(nil)
+	go a.follow(jobCtx, j, stopJob, log)
+
 	ticket, err := a.sched.Acquire(jobCtx, j.ID, j.Priority)
 	if err != nil {
 		a.notRun(ctx, m, log, err)
@@ -414,6 +422,47 @@ func (a *Agent) transfer(ctx context.Context, m jetstream.Msg) {
 }
 
 var errPreempted = errors.New("agent: the scheduler gave the job's slot to other work")
+
+// errJobChanged stops a job's transfer when its events say this agent must
+// let go of it.
+var errJobChanged = errors.New("agent: the job was suspended, cancelled, completed, failed or taken over")
+
+// follow applies the job's new events to a copy of j until ctx ends: a
+// priority change goes to the scheduler; a change that takes the job from
+// this agent calls stop. It is best effort: the fencing of every write
+// remains the guarantee.
+func (a *Agent) follow(ctx context.Context, j job.Job, stop context.CancelCauseFunc, log zerolog.Logger) {
+	prio := j.Priority
+	err := a.repo.Store.Subscribe(ctx, events.JobSubject(j.ID), j.Version, func(ev events.Event) error {
+		if err := job.Evolve(&j, &ev); err != nil {
+			return err
+		}
+		if j.Priority != prio {
+			prio = j.Priority
+			a.sched.SetPriority(j.ID, prio)
+		}
+		if a.mustLetGo(&j) {
+			log.Info().Str("event", ev.Type).Str("state", string(j.State)).Msg("the job changed: stopping its transfer")
+			stop(errJobChanged)
+			return errJobChanged
+		}
+		return nil
+	})
+	if err != nil && ctx.Err() == nil && !errors.Is(err, errJobChanged) {
+		log.Debug().Err(err).Msg("following the job's events stopped")
+	}
+}
+
+// mustLetGo reports whether j's state leaves this agent nothing to do.
+func (a *Agent) mustLetGo(j *job.Job) bool {
+	switch {
+	case j.PendingComplete, j.State == job.Suspended, j.State == job.Cancelled, j.State == job.Acknowledged, j.State == job.Errored:
+		return true
+	case j.State.Active() && j.Agent != "" && j.Agent != a.cfg.ID:
+		return true
+	}
+	return false
+}
 
 // transferUntilPreempted transfers file idx until it is done, fails, or the
 // scheduler takes the slot back (errPreempted; the file stays resumable at

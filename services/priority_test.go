@@ -202,3 +202,58 @@ func waitGate(t *testing.T, g *servicestest.Gate) {
 		t.Fatal("the origin's gate was never reached")
 	}
 }
+
+// TestPriorityRaisedWhileWaiting: a job waiting on the agent for the slot
+// is raised from LOW to HIGH; the agent learns it from the job's events
+// (the waiting job writes nothing) and the job preempts the NORMAL one.
+func TestPriorityRaisedWhileWaiting(t *testing.T) {
+	s := oneSlotStack(t)
+	const big = 4 << 20
+	gate := s.origin.GateNext(big, 1<<20)
+	t.Cleanup(gate.Open)
+	normal := s.createPrio("normal", job.Normal, events.FileSpec{RemoteURL: s.origin.URL(big), LocalName: s.dest("normal.bin")})
+	waitGate(t, gate)
+	low := s.createPrio("low", job.Low, events.FileSpec{RemoteURL: s.origin.URL(96 << 10), LocalName: s.dest("low.bin")})
+	s.waitAgentWaiting(1)
+	high := string(job.High)
+	if _, err := s.client.Patch(context.Background(), low, coordinator.PatchRequest{Priority: &high}); err != nil {
+		t.Fatal(err)
+	}
+	s.until(low, "the raised job transferred", state(job.Transferred))
+	var preempted bool
+	for _, ev := range s.events(normal) {
+		if p, _ := ev.Payload(); p != nil {
+			if q, ok := p.(*events.JobQueued); ok && q.Reason == job.QueuedPreempted {
+				preempted = true
+			}
+		}
+	}
+	if !preempted {
+		t.Fatal("the NORMAL job was not preempted by the job raised to HIGH")
+	}
+}
+
+// TestSuspendStopsAStalledTransferAtOnce: a transfer stalled mid-body (no
+// checkpoint, no write) stops as soon as the job is suspended — the agent
+// follows the job's events — and its slot goes to the next job, long
+// before the idle-read timeout.
+func TestSuspendStopsAStalledTransferAtOnce(t *testing.T) {
+	s := oneSlotStack(t)
+	const big = 4 << 20
+	gate := s.origin.GateNext(big, 1<<20)
+	t.Cleanup(gate.Open)
+	stalled := s.createPrio("stalled", job.Normal, events.FileSpec{RemoteURL: s.origin.URL(big), LocalName: s.dest("stalled.bin")})
+	waitGate(t, gate)
+	next := s.createPrio("next", job.Normal, events.FileSpec{RemoteURL: s.origin.URL(64 << 10), LocalName: s.dest("next.bin")})
+	s.waitAgentWaiting(1)
+	start := time.Now()
+	s.action(stalled, "suspend")
+	s.until(next, "the next job transferred", state(job.Transferred))
+	if d := time.Since(start); d > 30*time.Second {
+		t.Fatalf("the slot was freed after %s: the stalled transfer was not stopped by the suspend", d)
+	}
+	j, err := s.client.Get(context.Background(), stalled)
+	if err != nil || j.State != job.Suspended {
+		t.Fatalf("stalled job: %s %v", j.State, err)
+	}
+}
