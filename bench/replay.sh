@@ -25,5 +25,6 @@ metric() {
 echo
 echo "== medians of $count runs =="
 metric BenchmarkLoadLongJob/snapshot x-replay
+metric BenchmarkLoadLongJob/snapshot-cold x-replay
 for s in raw raw-jobfilter decode rebuild rebuild-all; do metric "BenchmarkRebuild/$s" events/s; done
 for s in raw-jobfilter decode rebuild rebuild-all; do metric "BenchmarkRebuild/$s" of-raw; done
