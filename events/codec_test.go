@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
@@ -273,6 +275,15 @@ func FuzzUnmarshal(f *testing.F) {
 	f.Add([]byte(`{"id":"0197a0b0-0000-7000-8000-000000000000","type":"X","v":7,"kind":"k","aggregate_id":"a","time":"0001-01-01T00:00:00Z","data":null}`))
 	f.Add([]byte(`null`))
 	f.Add([]byte(`{}`))
+	// Every recorded event, old versions included.
+	golden, _ := filepath.Glob(filepath.Join(goldenDir, "events", "*.json"))
+	for _, name := range golden {
+		b, err := os.ReadFile(name)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
 
 	f.Fuzz(func(t *testing.T, b []byte) {
 		ev, err := events.Unmarshal(b)
