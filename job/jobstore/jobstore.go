@@ -89,9 +89,11 @@ func (r *Repo) Load(ctx context.Context, id string) (job.Job, error) {
 // replays the job from the start. A snapshot is used only when its sequence
 // is an event of this job in this log, which one read shows: the events
 // from that sequence on (not after it), the first of which must be the one
-// at the snapshot's sequence. A snapshot ahead of the log (a log restored
-// from an older backup, a replica that lags, a purged job) or of another
-// log never is.
+// at the snapshot's sequence. So a snapshot ahead of the log (a log
+// restored from an older backup, a replica that lags, a purged job) is
+// never used. (One made from another copy of the log would be, should its
+// sequence happen to be an event of this job here: keep snapshots with
+// their log, and rebuild them when the log is restored.)
 func (r *Repo) fromSnapshot(ctx context.Context, id string) (j job.Job, ok bool, err error) {
 	if r.Snapshots == nil {
 		return job.Job{}, false, nil
