@@ -18,21 +18,51 @@ import (
 )
 
 // NATSConfig says where JetStream is: a remote URL, or an embedded server
-// (the default) storing under DataDir.
+// storing under DataDir. StartNATS (the dev stack) embeds a server when URL
+// is empty; the service roles (ConnectNATS) embed one only when Embedded is
+// set.
 type NATSConfig struct {
-	// URL of a remote NATS server; empty starts an embedded one.
+	// URL of the remote NATS servers, comma-separated
+	// ("tls://n1:4222,tls://n2:4222,tls://n3:4222"); the client moves to
+	// another one when its server goes away.
 	URL string `json:"url,omitempty"`
+	// Embedded runs a NATS server in this process (single-host installs).
+	Embedded bool `json:"embedded,omitempty"`
 	// DataDir holds the embedded server's JetStream store.
 	DataDir string `json:"data_dir,omitempty"`
 	// Listen is the embedded server's client address so that agents on other
 	// processes can join: "127.0.0.1:4222" by default, port 0 picks a free
 	// one, "none" listens nowhere (in-process use only).
 	Listen string `json:"listen,omitempty"`
-	// SyncAlways fsyncs every write before acknowledging it (default true;
-	// set FERRY_NATS_SYNC=interval to trade durability for speed).
+	// ServerConfig is a nats-server configuration file for the embedded
+	// server: its tls {} block, authorization {} or accounts {} with users
+	// and permissions, cluster {} routes. JetStream is always on, the store
+	// is DataDir/jetstream unless the file names one, and Listen, when set,
+	// wins over the file's listen address.
+	ServerConfig string `json:"server_config,omitempty"`
+	// SyncAlways fsyncs every write before acknowledging it (default true,
+	// nats-server's sync_interval: always). false leaves it to the server's
+	// default interval (2 minutes): acknowledged writes can then be lost in a
+	// power cut. A ServerConfig that sets sync_interval wins.
 	SyncAlways *bool `json:"sync_always,omitempty"`
 	// Replicas for streams and buckets (1 embedded; 3 on a cluster).
 	Replicas int `json:"replicas,omitempty"`
+
+	// CAFile verifies the servers' certificates (PEM); CertFile and KeyFile
+	// are the client certificate for mutual TLS. Any of them turns TLS on.
+	CAFile   string `json:"ca_file,omitempty"`
+	CertFile string `json:"cert_file,omitempty"`
+	KeyFile  string `json:"key_file,omitempty"`
+	// Credentials: User with Password (or PasswordFile), or a CredsFile
+	// (JWT + nkey seed), or an NkeyFile (seed). At most one kind.
+	User         string       `json:"user,omitempty"`
+	Password     SecretString `json:"password,omitempty"`
+	PasswordFile string       `json:"password_file,omitempty"`
+	CredsFile    string       `json:"creds_file,omitempty"`
+	NkeyFile     string       `json:"nkey_file,omitempty"`
+	// ConnectTimeout bounds the wait for a first connection at start (and
+	// for JetStream to answer); after that the client reconnects forever.
+	ConnectTimeout Duration `json:"connect_timeout,omitempty"`
 }
 
 // NATS is a connection to JetStream, with the embedded server if one was
@@ -100,16 +130,29 @@ func startEmbedded(cfg NATSConfig, log zerolog.Logger) (*server.Server, error) {
 	if err := os.MkdirAll(store, 0o700); err != nil {
 		return nil, fmt.Errorf("nats: data dir: %w", err)
 	}
-	opts := &server.Options{
-		ServerName: "ferry-embedded",
-		JetStream:  true,
-		StoreDir:   store,
-		SyncAlways: cfg.SyncAlways == nil || *cfg.SyncAlways,
-		NoSigs:     true,
-		MaxPayload: 8 << 20,
+	opts := &server.Options{}
+	if cfg.ServerConfig != "" {
+		if err := opts.ProcessConfigFile(cfg.ServerConfig); err != nil {
+			return nil, fmt.Errorf("nats: embedded server config: %w", err)
+		}
 	}
-	switch cfg.Listen {
-	case "none":
+	if opts.ServerName == "" {
+		opts.ServerName = "ferry-embedded"
+	}
+	opts.JetStream, opts.NoSigs = true, true
+	if opts.StoreDir == "" {
+		opts.StoreDir = store
+	}
+	if !opts.SyncAlways && opts.SyncInterval == 0 {
+		opts.SyncAlways = cfg.SyncAlways == nil || *cfg.SyncAlways
+	}
+	if opts.MaxPayload == 0 {
+		opts.MaxPayload = 8 << 20
+	}
+	switch {
+	case cfg.Listen == "" && cfg.ServerConfig != "":
+		// The file's listen address (nats-server's default if it has none).
+	case cfg.Listen == "none":
 		opts.DontListen = true
 	default:
 		listen := cfg.Listen
@@ -137,7 +180,7 @@ func startEmbedded(cfg NATSConfig, log zerolog.Logger) (*server.Server, error) {
 	go srv.Start()
 	if !srv.ReadyForConnections(30 * time.Second) {
 		srv.Shutdown()
-		return nil, fmt.Errorf("nats: embedded server not ready (is %s in use, or the store %s locked?)", cfg.Listen, store)
+		return nil, fmt.Errorf("nats: embedded server not ready (is %s in use, or the store %s locked?)", cfg.Listen, opts.StoreDir)
 	}
 	return srv, nil
 }
