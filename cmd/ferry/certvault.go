@@ -12,7 +12,7 @@ func certvaultCmd(g *globals) *cobra.Command {
 	var vaultAddr string
 	cmd := &cobra.Command{
 		Use:   "certvault",
-		Short: "Administer certvault (key-encryption key rotation)",
+		Short: "Run certvault, and administer it (key-encryption key rotation)",
 	}
 	var opts certvault.RotateKeyOptions
 	rotate := &cobra.Command{
@@ -58,6 +58,6 @@ VaultKeysRewrapped event.`,
 	rotate.Flags().BoolVar(&opts.Finish, "finish", false, "make no new key: only rewrap records not yet on the active version")
 	rotate.Flags().BoolVar(&opts.Retire, "retire", false, "then drop from the keyring file the versions no record uses any more")
 	cmd.PersistentFlags().StringVar(&vaultAddr, "vault-addr", "", "certvault URL (default: $FERRY_VAULT_ADDR, else the running `ferry dev`)")
-	cmd.AddCommand(rotate)
+	cmd.AddCommand(certvaultRunCmd(), rotate)
 	return cmd
 }
