@@ -15,8 +15,7 @@ func coordinatorCmd(*globals) *cobra.Command {
 client certificates (--cert/--key from the deployment's CA, callers verified
 against --ca-cert), the read-model projector, the clock (retries, deadlines,
 re-dispatch of lost commands) and the notifier. Job client certificates are
-checked in the certvault at --certvault-url. Several coordinators may run
-against one NATS deployment.`))
+checked in the certvault at --certvault-url.`))
 	return cmd
 }
 
