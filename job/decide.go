@@ -327,7 +327,8 @@ func Decide(j *Job, c Command, now time.Time) ([]events.Payload, error) {
 			return one(&events.JobFailed{Error: e}), nil
 		}
 		delay := max(time.Duration(j.RetryPolicy.MinimumRetryDelaySec)*time.Second, c.RetryAfter)
-		return one(&events.JobTransientError{Error: c.Error, RetryAt: now.Add(delay).UTC()}), nil
+		return one(&events.JobTransientError{Error: c.Error, RetryAt: now.Add(delay).UTC(),
+			Attempt: j.Attempt, RetryAfterSec: int64((delay + time.Second - 1) / time.Second)}), nil
 	case CompleteDone:
 		if !j.PendingComplete || c.Agent != j.FilesAgent {
 			return nil, invalidState(j, c)

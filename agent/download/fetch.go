@@ -16,6 +16,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -871,6 +872,28 @@ func (ft *fetcher) stream(ctx context.Context, resp *http.Response, end int64) (
 		}
 	}()
 
+	// Reads run on a helper goroutine so that a body that stalls still gets
+	// its checkpoint on time: while a read waits, the bytes already written
+	// are made durable once CheckpointInterval has passed. Only this
+	// goroutine touches the file, the hash and the hooks.
+	type readResult struct {
+		n   int
+		err error
+	}
+	readDone := make(chan readResult, 1)
+	reading, taken := false, 0
+	var filled atomic.Int64
+	defer func() {
+		if reading {
+			// Unblock the outstanding read before its buffer goes back to
+			// the pool.
+			resp.Body.Close()
+			<-readDone
+		}
+	}()
+	tick := time.NewTicker(ft.r.CheckpointInterval)
+	defer tick.Stop()
+
 	ft.lastCP, ft.sinceCP = time.Now(), 0
 	for {
 		p := cur
@@ -880,7 +903,59 @@ func (ft *fetcher) stream(ctx context.Context, resp *http.Response, end int64) (
 				p = p[:rem]
 			}
 		}
-		n, rerr := fill(resp.Body, p)
+		// The helper fills p and publishes how much it has filled; p[:filled]
+		// is never written again, so a checkpoint during a stall can take
+		// those bytes (taken) while the helper goes on filling the rest.
+		reading, taken = true, 0
+		filled.Store(0)
+		go func() {
+			var n int
+			var err error
+			for n < len(p) && err == nil {
+				var k int
+				k, err = resp.Body.Read(p[n:])
+				n += k
+				filled.Store(int64(n))
+			}
+			readDone <- readResult{n, err}
+		}()
+		var rr readResult
+	waitRead:
+		for {
+			select {
+			case rr = <-readDone:
+				reading = false
+				break waitRead
+			case <-tick.C:
+				if time.Since(ft.lastCP) < ft.r.CheckpointInterval {
+					continue
+				}
+				if err := wait(); err != nil {
+					return err
+				}
+				if k := int(filled.Load()); k > taken {
+					if end >= 0 && ft.pos+int64(k-taken) > end {
+						return fatal(job.ContextRemoteFile, job.BG_E_INVALID_SERVER_RESPONSE, nil,
+							"the server sent more than the %d bytes it announced", end)
+					}
+					w, err := ft.file.Write(p[taken:k])
+					ft.h.Write(p[taken : taken+w])
+					ft.pos += int64(w)
+					ft.sinceCP += int64(w)
+					if err != nil {
+						return classifyLocal(err, "write the temporary file")
+					}
+					taken = k
+				}
+				if ft.sinceCP > 0 {
+					if err := ft.checkpoint(true); err != nil {
+						return err
+					}
+				}
+			}
+		}
+		n, rerr := rr.n-taken, rr.err
+		p = p[taken:rr.n]
 		if err := wait(); err != nil {
 			return err
 		}
