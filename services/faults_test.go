@@ -57,33 +57,14 @@ func newFXStack(t *testing.T, o fxOptions) *fxStack {
 	if err := os.WriteFile(caFile, ot.CAPEM, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	lg := testLogger(t)
-	if o.log != nil {
-		lg = *o.log
-	}
-	root := t.TempDir()
-	d, err := services.StartDev(context.Background(), services.DevConfig{
-		DataDir: t.TempDir(), HTTP: "127.0.0.1:0", Vault: "127.0.0.1:0", NATS: services.NATSConfig{Listen: "none"},
-		Root: root, OriginCAFiles: append([]string{caFile}, o.extraCAs...), ReconcileInterval: 200 * time.Millisecond,
-		CheckpointInterval: 20 * time.Millisecond, AckWait: 2 * time.Second, IdleReadTimeout: o.idleRead,
-	}, lg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := d.Close(); err != nil {
-			t.Errorf("close: %v", err)
-		}
-	})
-	c, err := services.Discover(services.ClientConfig{Addr: d.Info().CoordinatorURL, DataDir: d.Info().DataDir})
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := startStackWith(t, stackOptions{caFiles: append([]string{caFile}, o.extraCAs...), log: o.log,
+		tune: func(c *services.DevConfig) { c.IdleReadTimeout = o.idleRead }})
+	d := st.dev
 	store, err := events.NewJetStreamStore(context.Background(), d.NATS().JS)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &fxStack{stack: &stack{t: t, dev: d, client: c, root: root}, ot: ot, store: store}
+	return &fxStack{stack: st, ot: ot, store: store}
 }
 
 // serve puts content at path with a strong ETag.

@@ -17,25 +17,11 @@ import (
 func oneSlotStack(t *testing.T) *stack {
 	t.Helper()
 	o := servicestest.NewOrigin(t)
-	root := t.TempDir()
-	d, err := services.StartDev(context.Background(), services.DevConfig{
-		DataDir: t.TempDir(), HTTP: "127.0.0.1:0", Vault: "127.0.0.1:0", NATS: services.NATSConfig{Listen: "none"},
-		Root: root, OriginCAFiles: []string{o.CAFile}, ReconcileInterval: 200 * time.Millisecond,
-		CheckpointInterval: 20 * time.Millisecond, AckWait: 2 * time.Second, Slots: 1, TimeSlice: time.Hour,
-	}, testLogger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := d.Close(); err != nil {
-			t.Errorf("close: %v", err)
-		}
-	})
-	c, err := services.Discover(services.ClientConfig{Addr: d.Info().CoordinatorURL, DataDir: d.Info().DataDir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &stack{t: t, dev: d, client: c, root: root, origin: o}
+	s := startStackWith(t, stackOptions{caFiles: []string{o.CAFile}, tune: func(c *services.DevConfig) {
+		c.Slots, c.TimeSlice = 1, time.Hour
+	}})
+	s.origin = o
+	return s
 }
 
 func (s *stack) createPrio(name string, p job.Priority, f events.FileSpec) string {

@@ -37,12 +37,33 @@ func newStack(t *testing.T) *stack {
 // CAs in caFiles, with short timings for tests.
 func startStack(t *testing.T, caFiles ...string) *stack {
 	t.Helper()
+	return startStackWith(t, stackOptions{caFiles: caFiles})
+}
+
+// stackOptions vary the test stack: a logger other than the test's, and
+// changes to its configuration.
+type stackOptions struct {
+	caFiles []string
+	log     *zerolog.Logger
+	tune    func(*services.DevConfig)
+}
+
+func startStackWith(t *testing.T, o stackOptions) *stack {
+	t.Helper()
 	root := t.TempDir()
-	d, err := services.StartDev(context.Background(), services.DevConfig{
+	cfg := services.DevConfig{
 		DataDir: t.TempDir(), HTTP: "127.0.0.1:0", Vault: "127.0.0.1:0", NATS: services.NATSConfig{Listen: "none"},
-		Root: root, OriginCAFiles: caFiles, ReconcileInterval: 200 * time.Millisecond,
+		Root: root, OriginCAFiles: o.caFiles, ReconcileInterval: 200 * time.Millisecond,
 		CheckpointInterval: 20 * time.Millisecond, AckWait: 2 * time.Second,
-	}, testLogger(t))
+	}
+	if o.tune != nil {
+		o.tune(&cfg)
+	}
+	lg := testLogger(t)
+	if o.log != nil {
+		lg = *o.log
+	}
+	d, err := services.StartDev(context.Background(), cfg, lg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,7 +76,7 @@ func startStack(t *testing.T, caFiles ...string) *stack {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &stack{t: t, dev: d, client: c, root: root}
+	return &stack{t: t, dev: d, client: c, root: cfg.Root}
 }
 
 // testLogger sends the stack's log to the test's log (shown on failure or
