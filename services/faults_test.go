@@ -20,7 +20,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -701,24 +700,6 @@ func TestFaultHTTP404And401AreFatal(t *testing.T) {
 			t.Fatalf("%s: the origin saw %d requests, want 1 (no retry)", tc.path, n)
 		}
 	}
-}
-
-// fxLines is a log sink that keeps every line.
-type fxLines struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *fxLines) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *fxLines) lines() []string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return strings.Split(strings.TrimRight(l.b.String(), "\n"), "\n")
 }
 
 // fxTLSServer starts an HTTPS server (HTTP/1.1) with h and writes the PEM

@@ -211,7 +211,7 @@ func TestOptionDynamicContent(t *testing.T) {
 // (the first, cut one and the Range resume), and their values appear in no
 // line of the stack's log (trace level).
 func TestOptionCustomHeaders(t *testing.T) {
-	logs := &fxLines{}
+	logs := &lineBuffer{}
 	lg := zerolog.New(logs).Level(zerolog.TraceLevel).With().Timestamp().Logger()
 	s := newFXStack(t, fxOptions{log: &lg})
 	t.Cleanup(func() {

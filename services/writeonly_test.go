@@ -82,19 +82,9 @@ func TestWriteOnlyHeadersStack(t *testing.T) {
 	origin := newTokenOrigin(t, token)
 	logs := &lineBuffer{}
 	log := zerolog.New(logs).Level(zerolog.TraceLevel).With().Timestamp().Logger()
-	root := t.TempDir()
-	d, err := services.StartDev(ctx, services.DevConfig{
-		DataDir: t.TempDir(), HTTP: "127.0.0.1:0", Vault: "127.0.0.1:0", NATS: services.NATSConfig{Listen: "none"},
-		Root: root, OriginCAFiles: []string{origin.caFile}, ReconcileInterval: 200 * time.Millisecond,
-		CheckpointInterval: 20 * time.Millisecond, AckWait: 2 * time.Second,
-	}, log)
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := startStackWith(t, stackOptions{caFiles: []string{origin.caFile}, log: &log})
+	d, root := st.dev, st.root
 	t.Cleanup(func() {
-		if err := d.Close(); err != nil {
-			t.Errorf("close: %v", err)
-		}
 		if t.Failed() {
 			t.Logf("stack log (last lines):\n%s", logs.tail(60))
 		}
