@@ -78,6 +78,9 @@ type Config struct {
 	// MinFreeBytes is kept free on the disk: a file that would leave less
 	// fails with ERROR_DISK_FULL (transient) before it starts or resumes.
 	MinFreeBytes int64
+	// Heartbeat is how often the agent refreshes its entry in the agent
+	// registry (default DefaultHeartbeat); the entry expires after three.
+	Heartbeat time.Duration
 }
 
 // ClientCerts fetches the client certificate of a job this agent holds the
@@ -195,6 +198,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	g.Go(func() error { return a.consume(ctx, pool, a.cfg.Slots+a.cfg.MaxForeground+a.cfg.Waiting, a.transfer) })
 	g.Go(func() error { return a.consume(ctx, pinned, 1, a.pinned) })
 	g.Go(func() error { return a.watchBandwidth(ctx) })
+	g.Go(func() error { return a.runRegistry(ctx) })
 	err = g.Wait()
 	if ctx.Err() != nil {
 		return nil
