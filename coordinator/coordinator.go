@@ -103,6 +103,7 @@ func (s *Service) Run(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return s.projector.Run(ctx) })
 	g.Go(func() error { return s.reconcileLoop(ctx) })
+	g.Go(func() error { return s.agentLoop(ctx) })
 	err := g.Wait()
 	if ctx.Err() != nil {
 		return nil
