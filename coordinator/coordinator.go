@@ -104,6 +104,7 @@ func (s *Service) Run(ctx context.Context) error {
 	g.Go(func() error { return s.projector.Run(ctx) })
 	g.Go(func() error { return s.reconcileLoop(ctx) })
 	g.Go(func() error { return s.agentLoop(ctx) })
+	g.Go(func() error { return s.deadDispatchLoop(ctx) })
 	err := g.Wait()
 	if ctx.Err() != nil {
 		return nil

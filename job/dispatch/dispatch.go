@@ -84,11 +84,28 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, o StreamOptions) 
 	return s, nil
 }
 
+// DefaultMaxDeliver is how many times a command is delivered before NATS
+// gives up on it (ConsumerOptions.MaxDeliver's default).
+const DefaultMaxDeliver = 20
+
+// MaxDeliveriesAdvisories is the subject (a wildcard over consumers) of the
+// advisories the server sends when a consumer of FERRY_CMDS gives up on a
+// command after MaxDeliver deliveries. The message stays in the work-queue
+// stream (nothing acked it) but is never delivered again, and since a
+// subject holds one pending command, it blocks the job's next command until
+// it is deleted: the coordinator listens here, fails the job, and deletes it.
+const MaxDeliveriesAdvisories = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES." + StreamName + ".>"
+
 // ConsumerOptions tune a consumer.
 type ConsumerOptions struct {
-	AckWait    time.Duration // default 30 s
-	MaxDeliver int           // default 20
-	MaxPending int           // MaxAckPending; default 1000
+	AckWait time.Duration // default 30 s
+	// MaxDeliver bounds the deliveries of one command (default
+	// DefaultMaxDeliver; negative: unbounded). Every delivery that is not
+	// settled counts: an agent that crashed or was cut off past AckWait,
+	// or that handed the command back (Nak). Heartbeats (InProgress) of a
+	// live agent do not.
+	MaxDeliver int
+	MaxPending int // MaxAckPending; default 1000
 }
 
 // EnsureConsumer creates or updates the durable pull consumer name on filter.
@@ -96,8 +113,11 @@ func EnsureConsumer(ctx context.Context, js jetstream.JetStream, name, filter st
 	if o.AckWait <= 0 {
 		o.AckWait = 30 * time.Second
 	}
-	if o.MaxDeliver == 0 {
-		o.MaxDeliver = 20
+	switch {
+	case o.MaxDeliver == 0:
+		o.MaxDeliver = DefaultMaxDeliver
+	case o.MaxDeliver < 0:
+		o.MaxDeliver = -1
 	}
 	if o.MaxPending <= 0 {
 		o.MaxPending = 1000
