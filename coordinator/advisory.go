@@ -219,35 +219,7 @@ func commandOf(raw *jetstream.RawStreamMsg) dispatch.Command {
 	return c
 }
 
-// failDispatch runs job.DispatchFailed on job id: load, decide, append with
-// the job's version as the expectation, and on a conflict load and decide
-// again (what jobstore.Repo.Execute does for the commands job.Decide knows).
+// failDispatch runs job.DispatchFailed on job id.
 func (s *Service) failDispatch(ctx context.Context, id string, c job.DispatchFailed) (jobstore.Result, error) {
-	for attempt := 1; ; attempt++ {
-		j, err := s.repo.Load(ctx, id)
-		if err != nil {
-			return jobstore.Result{}, err
-		}
-		now := time.Now()
-		ps, err := job.DecideDispatchFailed(&j, c, now)
-		if err != nil || len(ps) == 0 {
-			return jobstore.Result{Job: j}, err
-		}
-		evs, err := job.NewEvents(id, events.Meta{Actor: coordinatorActor, Time: now}, ps)
-		if err != nil {
-			return jobstore.Result{}, err
-		}
-		_, err = s.store.Append(ctx, events.JobSubject(id), j.Version, evs)
-		if err == nil {
-			for i := range evs {
-				if err := job.Evolve(&j, &evs[i]); err != nil {
-					return jobstore.Result{}, err
-				}
-			}
-			return jobstore.Result{Job: j, Events: evs}, nil
-		}
-		if !events.IsConflict(err) || attempt >= jobstore.DefaultMaxAttempts {
-			return jobstore.Result{}, fmt.Errorf("fail dispatch of job %s: %w", id, err)
-		}
-	}
+	return s.exec(ctx, id, c, coordinatorActor, nil)
 }

@@ -245,6 +245,8 @@ func Decide(j *Job, c Command, now time.Time) ([]events.Payload, error) {
 		return one(&events.JobCancelled{Agent: j.FilesAgent}), nil
 	case Timeout:
 		return decideTimeout(j, c, now), nil
+	case DispatchFailed:
+		return DecideDispatchFailed(j, c, now)
 	case Yield:
 		if err := holds(j, c.Agent, c); err != nil {
 			return nil, err

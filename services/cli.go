@@ -519,3 +519,35 @@ func orDash(s string) string {
 	}
 	return s
 }
+
+// PrintAgents shows the agent registry: one line per agent when the caller
+// may see them (administrators), else one line per pool.
+func (c *CLI) PrintAgents(r coordinator.AgentsResponse) {
+	if c.JSON {
+		c.writeJSON(r)
+		return
+	}
+	tw := tabwriter.NewWriter(c.Out, 0, 4, 2, ' ', 0)
+	defer tw.Flush()
+	if len(r.Agents) > 0 {
+		fmt.Fprintln(tw, "ID\tPOOL\tSLOTS\tRUNNING\tFREE DISK\tLAST SEEN\tSTATE\tVERSION")
+		now := time.Now()
+		for _, a := range r.Agents {
+			free := "?"
+			if a.FreeBytes >= 0 {
+				free = sizeText(a.FreeBytes)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s ago\t%s\t%s\n", a.ID, a.Pool, a.Slots, a.Running, free,
+				max(now.Sub(a.LastSeen), 0).Round(time.Second), a.State, a.Version)
+		}
+		return
+	}
+	if len(r.Pools) == 0 {
+		fmt.Fprintln(tw, "No agents.")
+		return
+	}
+	fmt.Fprintln(tw, "POOL\tAGENTS\tSLOTS\tRUNNING")
+	for _, p := range r.Pools {
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\n", p.Pool, p.Agents, p.Slots, p.Running)
+	}
+}

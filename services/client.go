@@ -287,3 +287,10 @@ func (c *Client) streamOnce(ctx context.Context, id string, after *uint64, fn fu
 	}
 	return transportError{io.ErrUnexpectedEOF}
 }
+
+// Agents lists the agent registry: administrators get every agent, users
+// each pool's totals.
+func (c *Client) Agents(ctx context.Context) (coordinator.AgentsResponse, error) {
+	var r coordinator.AgentsResponse
+	return r, c.do(ctx, http.MethodGet, "/v1/agents", nil, &r)
+}

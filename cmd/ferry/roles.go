@@ -19,8 +19,8 @@ checked in the certvault at --certvault-url.`))
 	return cmd
 }
 
-func agentCmd(*globals) *cobra.Command {
-	cmd := &cobra.Command{Use: "agent", Short: "Run an agent (a worker of a pool)"}
+func agentCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "agent", Short: "Run an agent (a worker of a pool), or list the agents"}
 	cmd.AddCommand(roleRunCmd(func() services.RoleConfig { return &services.AgentConfig{} },
 		"Run an agent: take the pool's jobs and transfer their files",
 		`Runs one agent: it takes jobs of its --pool from NATS, writes their files
@@ -30,7 +30,33 @@ under --root, and gets job client certificates released by the certvault at
 SIGTERM or Ctrl-C drains it: it takes no new work, stops its transfers at a
 checkpoint, hands their dispatches back so that another agent of the pool
 (or this one, restarted) resumes them, and exits within --drain-timeout.`))
+	cmd.AddCommand(agentListCmd(g))
 	return cmd
+}
+
+// agentListCmd is `ferry agent list`.
+func agentListCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "list",
+		Short: "List the registered agents (administrators) or each pool's agents in total (users)",
+		Long: `list shows the agent registry: every agent that heartbeats, with its pool,
+slots, running jobs, free disk under its root, when it was last seen and its
+state (alive, or expired: silent past its TTL and about to be removed).
+Users see each pool's totals only.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := g.cli()
+			if err != nil {
+				return err
+			}
+			r, err := c.Client.Agents(cmd.Context())
+			if err != nil {
+				return err
+			}
+			c.PrintAgents(r)
+			return nil
+		},
+	}
 }
 
 // certvaultRunCmd is `ferry certvault run`.
