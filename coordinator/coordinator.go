@@ -99,17 +99,38 @@ func New(ctx context.Context, cfg Config, log zerolog.Logger, js jetstream.JetSt
 }
 
 // Run runs the projector and the reconciler until ctx ends.
-func (s *Service) Run(ctx context.Context) error {
-	g, ctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return s.projector.Run(ctx) })
+func (s *Service) Run(parent context.Context) error {
+	g, ctx := errgroup.WithContext(parent)
+	g.Go(func() error { return s.runProjector(ctx) })
 	g.Go(func() error { return s.reconcileLoop(ctx) })
 	g.Go(func() error { return s.agentLoop(ctx) })
 	g.Go(func() error { return s.deadDispatchLoop(ctx) })
 	err := g.Wait()
-	if ctx.Err() != nil {
+	if parent.Err() != nil {
 		return nil
 	}
 	return err
+}
+
+// runProjector keeps the projector running: a failure (a read-model write
+// timing out while JetStream elects a new leader, say) restarts it from its
+// saved position after a pause. Restarting is safe: its writes are
+// compare-and-set and events already applied are skipped.
+func (s *Service) runProjector(ctx context.Context) error {
+	backoff := 200 * time.Millisecond
+	for {
+		err := s.projector.Run(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		s.log.Warn().Err(err).Dur("retry_in", backoff).Msg("projector stopped; restarting")
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 10*time.Second)
+	}
 }
 
 // Projector exposes the read-model projector (tests and the dev stack wait
