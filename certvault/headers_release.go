@@ -12,7 +12,6 @@ import (
 
 	"github.com/ferry-dev/ferry/certvault/identity"
 	"github.com/ferry-dev/ferry/job"
-	"github.com/ferry-dev/ferry/job/httpapi"
 	"github.com/ferry-dev/ferry/job/jobstore"
 )
 
@@ -57,27 +56,7 @@ type HeadersRelease struct {
 // Every refusal of a verified caller is a WriteOnlyHeadersReleaseDenied
 // event (best effort).
 func (v *Vault) HeadersReleaseHandler(auth *identity.Authenticator, jobs *jobstore.Repo) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method != http.MethodPost {
-			w.Header().Set("Allow", http.MethodPost)
-			v.releaseProblem(w, r, &job.Error{Code: httpapi.WithStatus(job.E_NOTIMPL, http.StatusMethodNotAllowed),
-				Detail: fmt.Sprintf("method %s is not allowed here; use POST", r.Method)})
-			return
-		}
-		if auth == nil || jobs == nil || jobs.Store == nil { // fail closed
-			v.releaseProblem(w, r, internal("release headers", errors.New("release handler not configured")))
-			return
-		}
-		if id := r.Header.Get("X-Request-Id"); validRequestID(id) {
-			r = r.WithContext(withRequestID(r.Context(), id))
-		}
-		rel, err := v.releaseHeaders(w, r, auth, jobs)
-		if err != nil {
-			v.releaseProblem(w, r, err)
-			return
-		}
-		httpapi.WriteJSON(w, http.StatusOK, rel)
-	})
+	return releaseEndpoint(v, "release headers", auth, jobs, v.releaseHeaders)
 }
 
 // headersRequest is the HeadersRequest of a release call, once the job is

@@ -92,6 +92,14 @@ type Release struct {
 // verified caller is a KeyReleaseDenied event (best effort: the refusal
 // stands if it cannot be written).
 func (v *Vault) ReleaseHandler(auth *identity.Authenticator, jobs *jobstore.Repo) http.Handler {
+	return releaseEndpoint(v, "release keys", auth, jobs, v.release)
+}
+
+// releaseEndpoint is the HTTP edge shared by the key and header releases:
+// POST only, fail closed when not configured, the caller's request ID, and
+// errors as problem documents.
+func releaseEndpoint[T any](v *Vault, what string, auth *identity.Authenticator, jobs *jobstore.Repo,
+	do func(http.ResponseWriter, *http.Request, *identity.Authenticator, *jobstore.Repo) (T, error)) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodPost {
 			w.Header().Set("Allow", http.MethodPost)
@@ -100,13 +108,13 @@ func (v *Vault) ReleaseHandler(auth *identity.Authenticator, jobs *jobstore.Repo
 			return
 		}
 		if auth == nil || jobs == nil || jobs.Store == nil { // fail closed
-			v.releaseProblem(w, r, internal("release keys", errors.New("release handler not configured")))
+			v.releaseProblem(w, r, internal(what, errors.New("release handler not configured")))
 			return
 		}
 		if id := r.Header.Get("X-Request-Id"); validRequestID(id) {
 			r = r.WithContext(withRequestID(r.Context(), id))
 		}
-		rel, err := v.release(w, r, auth, jobs)
+		rel, err := do(w, r, auth, jobs)
 		if err != nil {
 			v.releaseProblem(w, r, err)
 			return
