@@ -10,8 +10,8 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"sync/atomic"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 )

@@ -406,4 +406,3 @@ func TestRoleStartupErrors(t *testing.T) {
 		t.Fatalf("NATS unreachable: took %s", d)
 	}
 }
-
