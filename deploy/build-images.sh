@@ -14,7 +14,9 @@
 # FERRY_IMAGE_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt puts that CA bundle
 # into the ferry image, for agents that download from public HTTPS origins.
 set -euo pipefail
+# shellcheck source=lib/common.sh
 source "$(dirname "$0")/lib/common.sh"
+# shellcheck source=lib/tool.sh
 source "$DEPLOY_DIR/lib/tool.sh"
 
 docker_too=1

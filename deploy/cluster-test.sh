@@ -27,6 +27,7 @@
 # exits 0. Environment: FERRY_DEPLOY_SKIP_BUILD=1 uses the images as they
 # are; FERRY_DEPLOY_KEEP=1 leaves the cluster running at the end.
 set -euo pipefail
+# shellcheck source=lib/common.sh
 source "$(dirname "$0")/lib/common.sh"
 
 if ! command -v docker >/dev/null 2>&1; then
@@ -138,7 +139,7 @@ reader=(--url "tls://127.0.0.1:$FERRY_PORT_NATS3,tls://127.0.0.1:$FERRY_PORT_NAT
 agent1=(--url "tls://127.0.0.1:$FERRY_PORT_NATS2" --ca "$RUN_DIR/pki/ca.pem"
   --cert "$RUN_DIR/pki/agent1.pem" --key "$RUN_DIR/pki/agent1-key.pem"
   --user agent1 --password-file "$RUN_DIR/secrets/nats/agent1.pass")
-STREAMS=(FERRY_EVENTS FERRY_CMDS KV_ferry_jobs KV_ferry_settings KV_ferry_certs)
+STREAMS=(FERRY_EVENTS FERRY_CMDS FERRY_CMDS_DEAD KV_ferry_jobs KV_ferry_settings KV_ferry_certs KV_ferry_agents)
 r3() {
   local s args=()
   for s in "${STREAMS[@]}"; do args+=(--check "replicas:$s:3"); done
@@ -279,9 +280,9 @@ settle() {
   local ids l bad
   ids=$(printf '"%s",' "$@"); ids="[${ids%,}]"
   l=$(list) || return 1
-  refused "$l"
-  bad=$(jq -r --argjson ids "$ids" '.jobs[] | select(.id as $i | $ids | index($i)) | select(.state == "ERROR" or .state == "CANCELLED")
-    | select(.error.description // "" | test("certvault did not release") | not) | "\(.id) \(.display_name) \(.state) \(.error)"' <<<"$l")
+  [ "${FERRY_DEPLOY_STRICT:-0}" = 1 ] || refused "$l"
+  bad=$(jq -r --argjson ids "$ids" --arg strict "${FERRY_DEPLOY_STRICT:-0}" '.jobs[] | select(.id as $i | $ids | index($i)) | select(.state == "ERROR" or .state == "CANCELLED")
+    | select($strict == "1" or (.error.description // "" | test("certvault did not release") | not)) | "\(.id) \(.display_name) \(.state) \(.error)"' <<<"$l")
   [ -z "$bad" ] || { log "job failed: $bad"; return 2; }
   for id in $(jq -r --argjson ids "$ids" '.jobs[] | select(.id as $i | $ids | index($i)) | select(.state == "TRANSFERRED" and (.pending_complete | not)) | .id' <<<"$l"); do
     "$F" job complete "$id" >/dev/null 2>&1 || true
@@ -297,7 +298,6 @@ refused() {
       grep -q "^$id refused $v" "$WORK/stuck.txt" && continue
       echo "$id refused $v" >>"$WORK/stuck.txt"
       log "  KNOWN ISSUE (release after a stale read): job $(grep "^$id" "$WORK/jobs.tsv" 2>/dev/null | cut -f2) ($id) in ERROR: $(jq -r --arg id "$id" '.jobs[] | select(.id == $id) | .error.description' <<<"$1")"
-      [ "${FERRY_DEPLOY_STRICT:-0}" = 1 ] && die "a key release was refused (FERRY_DEPLOY_STRICT=1)"
       "$F" job resume "$id" >/dev/null
     done
 }
@@ -347,8 +347,10 @@ log "phase A: 6 transfers done in $(secs "$T_A" "$(now)") s"
 [ -s "$WORK/probe-events.ndjson" ] || die "the consumer user could not read the event log"
 log "consumer user read $(wc -l <"$WORK/probe-events.ndjson") events of a job from FERRY_EVENTS"
 
-step "phase B: 64 MiB jobs (8 MB/s per agent), then chaos"
-"$F" bandwidth set --total 8M >/dev/null
+# 4 MB/s per agent: the jobs run long enough (16 s or more) to be running
+# when their agent is lost.
+step "phase B: 64 MiB jobs (4 MB/s per agent), then chaos"
+"$F" bandwidth set --total 4M >/dev/null
 B_IDS=()
 for i in 1 2 3 4 5 6; do B_IDS+=("$(submit "b$i" 64MiB.bin $((i % 2)))"); done
 running_on() { # AGENT: ids of phase B jobs running on AGENT

@@ -28,6 +28,7 @@
 # (more server names for coordinator and certvault), FERRY_DEPLOY_RUN_DIR,
 # FERRY_DEPLOY_NO_CHOWN=1 (files for elsewhere, not for local containers).
 set -euo pipefail
+# shellcheck source=lib/common.sh
 source "$(dirname "$0")/lib/common.sh"
 
 TRUST_DOMAIN=${FERRY_TRUST_DOMAIN:-ferry.internal}

@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034
 # Shared by deploy/*.sh (sourced, not run). Paths, logging, the compose
 # command and the host ports of deploy/compose.yaml.
 

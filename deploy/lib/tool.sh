@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by build-images.sh. build_tool OUT builds ferry-deploy-tool, a
 # small static program the deploy scripts need besides ferry and
 # nats-server:
