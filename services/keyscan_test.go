@@ -178,17 +178,7 @@ func TestNoKeyBytesAnywhere(t *testing.T) {
 	lines := logs.lines()
 	wantIn(t, "the log", strings.Join(lines, "\n"), `"message":"key released"`, `"level":"debug"`, "key-encryption key rotation")
 	wantIn(t, "the event stream", strings.Join(evs, "\n"), events.TypeCertificateImported, events.TypeKeyReleased, events.TypeVaultKeysRewrapped)
-	var leaks []string
-	for i, l := range lines {
-		leaks = append(leaks, secrets.find(fmt.Sprintf("log line %d", i+1), []byte(l))...)
-	}
-	for i, m := range evs {
-		leaks = append(leaks, secrets.find(fmt.Sprintf("event message %d", i+1), []byte(m))...)
-	}
-	for _, r := range reads {
-		leaks = append(leaks, secrets.find("the answer to "+r[0], []byte(r[1]))...)
-	}
-	for _, l := range leaks {
+	for _, l := range secrets.scan(lines, evs, reads) {
 		t.Error(l)
 	}
 	t.Logf("scanned %d log lines, %d events and %d API answers for %d forms of secrets", len(lines), len(evs), len(reads), len(secrets.forms))
@@ -316,6 +306,22 @@ func (s *secrets) addKEKs(t *testing.T, path string) {
 }
 
 // find names every form of a secret that data holds.
+// scan looks for the secrets in every log line, event message and API
+// answer (what, JSON) and returns one line per leak found.
+func (s *secrets) scan(lines, evs []string, reads [][2]string) []string {
+	var leaks []string
+	for i, l := range lines {
+		leaks = append(leaks, s.find(fmt.Sprintf("log line %d", i+1), []byte(l))...)
+	}
+	for i, m := range evs {
+		leaks = append(leaks, s.find(fmt.Sprintf("event message %d", i+1), []byte(m))...)
+	}
+	for _, r := range reads {
+		leaks = append(leaks, s.find("the answer to "+r[0], []byte(r[1]))...)
+	}
+	return leaks
+}
+
 func (s *secrets) find(where string, data []byte) []string {
 	var hits []string
 	for name, f := range s.forms {

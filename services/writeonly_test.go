@@ -7,7 +7,6 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"errors"
-	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -212,17 +211,7 @@ func TestWriteOnlyHeadersStack(t *testing.T) {
 	lines := logs.lines()
 	wantIn(t, "the log", strings.Join(lines, "\n"), `"message":"write-only headers released"`, `"level":"debug"`)
 	wantIn(t, "the event stream", strings.Join(evs, "\n"), `"write_only_headers":["X-Api-Key"]`)
-	var leaks []string
-	for i, l := range lines {
-		leaks = append(leaks, secrets.find(fmt.Sprintf("log line %d", i+1), []byte(l))...)
-	}
-	for i, m := range evs {
-		leaks = append(leaks, secrets.find(fmt.Sprintf("event message %d", i+1), []byte(m))...)
-	}
-	for _, r := range reads {
-		leaks = append(leaks, secrets.find("the answer to "+r[0], []byte(r[1]))...)
-	}
-	for _, l := range leaks {
+	for _, l := range secrets.scan(lines, evs, reads) {
 		t.Error(l)
 	}
 	if _, err := os.Stat(filepath.Join(root, "b.bin")); err == nil {
