@@ -84,6 +84,9 @@ func (s *Service) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/pools/{pool}/bandwidth", s.handle(s.getBandwidth))
 	mux.HandleFunc("PUT /v1/pools/{pool}/bandwidth", s.handle(s.putBandwidth))
 	mux.HandleFunc("GET /v1/agents", s.handle(s.listAgents))
+	s.eventRoutes(mux)
+	s.replayRoutes(mux)
+	s.projectionRoutes(mux)
 	mux.Handle("GET "+identity.SessionPath, s.cfg.Auth.SessionHandler())
 	mux.HandleFunc("/", s.handle(func(w http.ResponseWriter, r *http.Request, _ caller) error {
 		return &job.Error{Code: withStatus(job.ERROR_NOT_FOUND, http.StatusNotFound), Detail: fmt.Sprintf("no route for %s %s", r.Method, r.URL.Path)}

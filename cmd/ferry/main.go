@@ -53,7 +53,7 @@ func run(ctx context.Context, args []string) int {
 	pf.StringVar(&g.cert, "cert", "", "client certificate (PEM) to present (default: <data-dir>/pki/admin.pem, made by ferry dev)")
 	pf.StringVar(&g.key, "key", "", "private key (PEM) of --cert")
 	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error { return envDefaults(cmd) }
-	root.AddCommand(devCmd(g), transferCmd(g), jobCmd(g), caCmd(g), whoamiCmd(g), certCmd(g), certvaultCmd(g), bandwidthCmd(g), coordinatorCmd(g), agentCmd(g))
+	root.AddCommand(devCmd(g), transferCmd(g), jobCmd(g), caCmd(g), whoamiCmd(g), certCmd(g), certvaultCmd(g), bandwidthCmd(g), coordinatorCmd(g), agentCmd(g), eventsCmd(g), replayCmd(g))
 	root.SetArgs(args)
 	err := root.ExecuteContext(ctx)
 	if err == nil {
