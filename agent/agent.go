@@ -323,7 +323,7 @@ func (a *Agent) transfer(ctx context.Context, m jetstream.Msg) {
 
 	// The job's class decides when it may run; while it waits for a slot it
 	// stays QUEUED and this agent keeps its dispatch (with heartbeats).
-	j, err := a.repo.Load(ctx, cmd.JobID)
+	j, err := a.repo.LoadAtLeast(ctx, cmd.JobID, cmd.JobSeq)
 	if err == nil {
 		_, err = job.Decide(&j, job.Lease{Agent: a.cfg.ID, DispatchSeq: cmd.JobSeq}, time.Now())
 	}
@@ -760,7 +760,7 @@ func (a *Agent) pinned(ctx context.Context, m jetstream.Msg) {
 	log := a.log.With().Str("job", cmd.JobID).Str("command", cmd.Kind).Logger()
 	stop := a.heartbeat(m)
 	defer stop()
-	j, err := a.repo.Load(ctx, cmd.JobID)
+	j, err := a.repo.LoadAtLeast(ctx, cmd.JobID, cmd.JobSeq)
 	if err != nil {
 		if lostLease(err) {
 			ack(m)

@@ -131,6 +131,7 @@ type JetStreamStore struct {
 	nc        *nats.Conn
 	stream    jetstream.Stream
 	directGet string        // batched direct get subject
+	leaderGet string        // message get answered by the stream leader
 	timeout   time.Duration // per request, when ctx has no earlier deadline
 	resends   int           // resends after a lost acknowledgement
 
@@ -165,8 +166,9 @@ func NewJetStreamStore(ctx context.Context, js jetstream.JetStream) (*JetStreamS
 		nc:        js.Conn(),
 		stream:    st,
 		directGet: prefix + "DIRECT.GET." + StreamName,
+		leaderGet: prefix + "STREAM.MSG.GET." + StreamName,
 		timeout:   timeout,
-		resends:   3,
+		resends:   5,
 	}, nil
 }
 
@@ -216,6 +218,29 @@ func (s *JetStreamStore) Append(ctx context.Context, subject string, expectedLas
 		if last, ok, rerr := s.recoverAppend(ctx, subject, evs); rerr == nil && ok {
 			return last, nil
 		}
+		if err := pauseBeforeResend(ctx, attempt, err); err != nil {
+			return 0, fmt.Errorf("events: append %s: outcome unknown: %w", subject, err)
+		}
+	}
+}
+
+// pauseBeforeResend waits before resending after an answer that came back
+// at once because nobody could take the append — "no responders" while the
+// stream elects a leader, or a server-side 503 —, so that the resends ride
+// out the election instead of being spent back to back in a millisecond.
+// After a timeout the time has already passed, and it does not wait.
+func pauseBeforeResend(ctx context.Context, attempt int, cause error) error {
+	if !errors.Is(cause, nats.ErrNoResponders) && !errors.Is(cause, jetstream.ErrNoStreamResponse) {
+		return nil
+	}
+	d := min(250*time.Millisecond<<attempt, 2*time.Second)
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	case <-t.C:
+		return nil
 	}
 }
 
@@ -365,20 +390,18 @@ func ambiguous(err error) bool {
 // they are if the subject's last message is the last of evs. Then it fills
 // the sequences and returns the last one.
 func (s *JetStreamStore) recoverAppend(ctx context.Context, subject string, evs []Event) (uint64, bool, error) {
-	ctx, cancel := context.WithTimeout(ctx, s.timeout)
-	defer cancel()
-	m, err := s.stream.GetLastMsgForSubject(ctx, subject)
+	seq, id, err := s.leaderMsg(ctx, leaderGetRequest{LastFor: subject})
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return 0, false, nil
 	}
 	if err != nil {
 		return 0, false, fmt.Errorf("events: append %s: read last after lost ack: %w", subject, err)
 	}
-	if m.Header.Get(jetstream.MsgIDHeader) != evs[len(evs)-1].ID.String() {
+	if id != evs[len(evs)-1].ID.String() {
 		return 0, false, nil
 	}
-	fillSeqs(evs, m.Sequence)
-	return m.Sequence, true, nil
+	fillSeqs(evs, seq)
+	return seq, true, nil
 }
 
 // resolveConflict tells a real conflict from the writer's own earlier
@@ -388,12 +411,10 @@ func (s *JetStreamStore) recoverAppend(ctx context.Context, subject string, evs 
 // expectedLast are the first ones on the subject after it, so one read
 // decides.
 func (s *JetStreamStore) resolveConflict(ctx context.Context, subject string, expectedLast uint64, evs []Event, cause *jetstream.APIError) (uint64, error) {
-	ctx, cancel := context.WithTimeout(ctx, s.timeout)
-	defer cancel()
-	m, err := s.stream.GetMsg(ctx, expectedLast+1, jetstream.WithGetMsgSubject(subject))
+	seq, id, err := s.leaderMsg(ctx, leaderGetRequest{Seq: expectedLast + 1, NextFor: subject})
 	switch {
-	case err == nil && m.Header.Get(jetstream.MsgIDHeader) == evs[0].ID.String():
-		last := m.Sequence + uint64(len(evs)) - 1
+	case err == nil && id == evs[0].ID.String():
+		last := seq + uint64(len(evs)) - 1
 		fillSeqs(evs, last)
 		return last, nil
 	case err != nil && !errors.Is(err, jetstream.ErrMsgNotFound):
@@ -509,14 +530,66 @@ func (s *JetStreamStore) LastSeq(ctx context.Context, subject string) (uint64, e
 	if !validSubject(subject, false) {
 		return 0, fmt.Errorf("events: last seq %q: %w: bad subject", subject, ErrInvalidAppend)
 	}
-	m, err := s.stream.GetLastMsgForSubject(ctx, subject)
+	seq, _, err := s.leaderMsg(ctx, leaderGetRequest{LastFor: subject})
 	switch {
 	case errors.Is(err, jetstream.ErrMsgNotFound):
 		return 0, nil
 	case err != nil:
 		return 0, fmt.Errorf("events: last seq %s: %w", subject, err)
 	}
-	return m.Sequence, nil
+	return seq, nil
+}
+
+// leaderGetRequest is the body of a $JS.API.STREAM.MSG.GET request.
+type leaderGetRequest struct {
+	Seq     uint64 `json:"seq,omitempty"`
+	LastFor string `json:"last_by_subj,omitempty"`
+	NextFor string `json:"next_by_subj,omitempty"`
+}
+
+// leaderMsg reads one message's sequence and Nats-Msg-Id through the stream
+// leader. Load uses direct gets, which any replica may answer, and a replica
+// can be a few messages behind the leader; that is fine for a reader who
+// checks versions, but not for a writer deciding whether its own append was
+// stored, or for LastSeq, which callers use as the truth about a subject's
+// end. Not found is jetstream.ErrMsgNotFound.
+func (s *JetStreamStore) leaderMsg(ctx context.Context, req leaderGetRequest) (seq uint64, msgID string, err error) {
+	body, err := json.Marshal(req)
+	if err != nil {
+		return 0, "", err
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	reply, err := s.nc.RequestWithContext(ctx, s.leaderGet, body)
+	if err != nil {
+		return 0, "", err
+	}
+	var resp struct {
+		Error   *jetstream.APIError `json:"error,omitempty"`
+		Message *struct {
+			Seq    uint64 `json:"seq"`
+			Header []byte `json:"hdrs,omitempty"`
+		} `json:"message,omitempty"`
+	}
+	if err := json.Unmarshal(reply.Data, &resp); err != nil {
+		return 0, "", fmt.Errorf("message get reply: %w", err)
+	}
+	switch {
+	case resp.Error != nil && resp.Error.ErrorCode == jetstream.JSErrCodeMessageNotFound:
+		return 0, "", jetstream.ErrMsgNotFound
+	case resp.Error != nil:
+		return 0, "", resp.Error
+	case resp.Message == nil:
+		return 0, "", fmt.Errorf("message get reply without a message")
+	}
+	if len(resp.Message.Header) > 0 {
+		h, err := nats.DecodeHeadersMsg(resp.Message.Header)
+		if err != nil {
+			return 0, "", fmt.Errorf("message get reply: headers: %w", err)
+		}
+		msgID = h.Get(jetstream.MsgIDHeader)
+	}
+	return resp.Message.Seq, msgID, nil
 }
 
 // Subscribe implements Store with an ordered consumer, which recreates

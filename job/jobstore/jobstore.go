@@ -35,6 +35,9 @@ type Repo struct {
 	Now func() time.Time
 	// MaxAttempts bounds conflict retries; 0 means DefaultMaxAttempts.
 	MaxAttempts int
+	// StaleWait bounds how long a load waits for a read that lags behind
+	// a sequence known to exist; 0 means DefaultStaleWait.
+	StaleWait time.Duration
 }
 
 // Snapshots is a source of job states that were built from a job's events
@@ -79,10 +82,81 @@ func (r *Repo) Load(ctx context.Context, id string) (job.Job, error) {
 		}
 	}
 	if !j.Exists() {
-		return job.Job{}, job.Errorf(job.BG_E_NOT_FOUND, "job %s not found", id)
+		// A read from a replica that lags behind the stream leader may miss
+		// a job created a moment ago: ask the store where the job's subject
+		// really ends before answering "not found".
+		last, err := r.Store.LastSeq(ctx, events.JobSubject(id))
+		if err != nil {
+			return job.Job{}, fmt.Errorf("jobstore: load %s: %w", id, err)
+		}
+		if last == 0 {
+			return job.Job{}, job.Errorf(job.BG_E_NOT_FOUND, "job %s not found", id)
+		}
+		if err := r.refreshAtLeast(ctx, &j, id, last); err != nil {
+			return job.Job{}, err
+		}
 	}
 	return j, nil
 }
+
+// LoadAtLeast is Load for a caller that knows the job has an event at
+// sequence seq or later — a dispatch's JobSeq, a lease, the sequence a
+// conflict reported. On a cluster, reads go to any replica and one may lag a
+// few messages behind; a view older than seq is such a read, and it is
+// retried until it has caught up (within StaleWait and ctx). A job that
+// never reaches seq is an error wrapping ErrStale.
+func (r *Repo) LoadAtLeast(ctx context.Context, id string, seq uint64) (job.Job, error) {
+	j, err := r.Load(ctx, id)
+	if err != nil && job.CodeOf(err) != job.BG_E_NOT_FOUND {
+		return job.Job{}, err
+	}
+	if err == nil && j.Version >= seq {
+		return j, nil
+	}
+	if err := r.refreshAtLeast(ctx, &j, id, seq); err != nil {
+		return job.Job{}, err
+	}
+	return j, nil
+}
+
+// ErrStale is wrapped by the error of a load that did not reach the
+// sequence its caller knows exists.
+var ErrStale = errors.New("jobstore: the event log read stayed behind a known sequence")
+
+// DefaultStaleWait bounds how long a load waits for a lagging replica.
+const DefaultStaleWait = 10 * time.Second
+
+// refreshAtLeast refreshes j until its version is at least seq, retrying
+// reads that lag behind with a short backoff.
+func (r *Repo) refreshAtLeast(ctx context.Context, j *job.Job, id string, seq uint64) error {
+	wait := r.StaleWait
+	if wait <= 0 {
+		wait = DefaultStaleWait
+	}
+	deadline := time.Now().Add(wait)
+	for pause := 2 * time.Millisecond; ; pause = min(2*pause, 200*time.Millisecond) {
+		if err := r.Refresh(ctx, j, id); err != nil {
+			return err
+		}
+		if j.Version >= seq {
+			if !j.Exists() {
+				return job.Errorf(job.BG_E_NOT_FOUND, "job %s not found", id)
+			}
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("jobstore: load %s: at sequence %d, want %d: %w", id, j.Version, seq, ErrStale)
+		}
+		t := time.NewTimer(pause)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("jobstore: load %s: at sequence %d, want %d: %w", id, j.Version, seq, context.Cause(ctx))
+		case <-t.C:
+		}
+	}
+}
+
 
 // fromSnapshot loads job id from its snapshot and the events after it. ok
 // is false when there is no usable snapshot: then j is zero and the caller
@@ -218,8 +292,16 @@ func (r *Repo) Execute(ctx context.Context, id string, c job.Command, m events.M
 		if !events.IsConflict(err) || attempt >= attempts {
 			return Result{}, fmt.Errorf("jobstore: %s job %s: %w", job.CommandName(c), id, err)
 		}
-		// Someone else wrote first: catch up and decide again.
-		if err := r.Refresh(ctx, &cur, id); err != nil {
+		// Someone else wrote first: catch up (at least to where the
+		// conflict says the job is) and decide again.
+		var ce *events.ConflictError
+		errors.As(err, &ce)
+		if ce != nil && ce.Actual > cur.Version {
+			err = r.refreshAtLeast(ctx, &cur, id, ce.Actual)
+		} else {
+			err = r.Refresh(ctx, &cur, id)
+		}
+		if err != nil {
 			return Result{}, err
 		}
 		fresh = true
