@@ -157,7 +157,6 @@ func (r *Repo) refreshAtLeast(ctx context.Context, j *job.Job, id string, seq ui
 	}
 }
 
-
 // fromSnapshot loads job id from its snapshot and the events after it. ok
 // is false when there is no usable snapshot: then j is zero and the caller
 // replays the job from the start. A snapshot is used only when its sequence
