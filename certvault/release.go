@@ -187,6 +187,12 @@ func admit(w http.ResponseWriter, r *http.Request, auth *identity.Authenticator,
 	}
 
 	j, err := jobs.Load(ctx, body.JobID)
+	if err == nil && leaseRefusal(&j, agentID, what) != nil {
+		// Reads may come from a replica a few events behind the one the
+		// agent wrote its lease to: before refusing, read the job up to
+		// where the stream leader says it ends, and decide on that.
+		j, err = jobs.LoadLatest(ctx, body.JobID)
+	}
 	if err != nil {
 		var je *job.Error
 		if !errors.As(err, &je) {
@@ -195,13 +201,22 @@ func admit(w http.ResponseWriter, r *http.Request, auth *identity.Authenticator,
 		return refuse(err)
 	}
 	c.job = &j
-	if j.Agent == "" || j.Agent != agentID {
-		return refuse(job.Errorf(job.E_ACCESSDENIED, "the agent does not hold the job's lease"))
-	}
-	if j.State != job.Connecting && j.State != job.Transferring {
-		return refuse(job.Errorf(job.BG_E_INVALID_STATE, "the job is %s; %s are released only while it is CONNECTING or TRANSFERRING", j.State, what))
+	if err := leaseRefusal(&j, agentID, what); err != nil {
+		return refuse(err)
 	}
 	return c, nil
+}
+
+// leaseRefusal says why agentID may not have what of job j released: it
+// does not hold the job's lease, or the job is not transferring.
+func leaseRefusal(j *job.Job, agentID, what string) error {
+	if j.Agent == "" || j.Agent != agentID {
+		return job.Errorf(job.E_ACCESSDENIED, "the agent does not hold the job's lease")
+	}
+	if j.State != job.Connecting && j.State != job.Transferring {
+		return job.Errorf(job.BG_E_INVALID_STATE, "the job is %s; %s are released only while it is CONNECTING or TRANSFERRING", j.State, what)
+	}
+	return nil
 }
 
 // newGrantID is a fresh grant ID: 16 random bytes in hex.

@@ -119,6 +119,20 @@ func (r *Repo) LoadAtLeast(ctx context.Context, id string, seq uint64) (job.Job,
 	return j, nil
 }
 
+// LoadLatest is Load up to the end of the job's events as the store's
+// LastSeq tells it (on JetStream, the stream leader), for a decision that
+// must not be taken on a replica's older view — a refusal, say.
+func (r *Repo) LoadLatest(ctx context.Context, id string) (job.Job, error) {
+	if !events.ValidID(id) {
+		return job.Job{}, job.Errorf(job.BG_E_NOT_FOUND, "job %q not found", id)
+	}
+	last, err := r.Store.LastSeq(ctx, events.JobSubject(id))
+	if err != nil {
+		return job.Job{}, fmt.Errorf("jobstore: load %s: %w", id, err)
+	}
+	return r.LoadAtLeast(ctx, id, last)
+}
+
 // ErrStale is wrapped by the error of a load that did not reach the
 // sequence its caller knows exists.
 var ErrStale = errors.New("jobstore: the event log read stayed behind a known sequence")

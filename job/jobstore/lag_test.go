@@ -119,3 +119,29 @@ func TestLoadAtLeastGivesUp(t *testing.T) {
 		t.Fatalf("err = %v, want ErrStale", err)
 	}
 }
+
+// TestLoadLatestReadsToTheLeadersEnd: a refusal is decided on the job as
+// far as the log really goes, not on a lagging replica's view (certvault
+// re-reads this way before it denies a release).
+func TestLoadLatestReadsToTheLeadersEnd(t *testing.T) {
+	ctx := context.Background()
+	store := &laggingStore{Store: events.NewMemoryStore()}
+	r := &jobstore.Repo{Store: store}
+	create(t, r, "lag3", file)
+	res, err := r.Execute(ctx, "lag3", job.Resume{}, events.Meta{Actor: "alice"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	store.lag(res.Job.Version-1, 2)
+	if j, err := r.Load(ctx, "lag3"); err != nil || j.State == job.Queued {
+		t.Fatalf("the lagging read should show the old state: %v %s", err, j.State)
+	}
+	store.lag(res.Job.Version-1, 2)
+	j, err := r.LoadLatest(ctx, "lag3")
+	if err != nil || j.Version != res.Job.Version || j.State != job.Queued {
+		t.Fatalf("LoadLatest = version %d state %s, %v; want %d QUEUED", j.Version, j.State, err, res.Job.Version)
+	}
+	if _, err := r.LoadLatest(ctx, "nosuchjob"); job.CodeOf(err) != job.BG_E_NOT_FOUND {
+		t.Fatalf("unknown job: %v", err)
+	}
+}
