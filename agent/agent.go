@@ -196,7 +196,12 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.log.Info().Str("pool", a.cfg.Pool).Str("root", a.cfg.Root).Int("slots", a.cfg.Slots).Msg("agent running")
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return a.consume(ctx, pool, a.cfg.Slots+a.cfg.MaxForeground+a.cfg.Waiting, a.transfer) })
-	g.Go(func() error { return a.consume(ctx, pinned, 1, a.pinned) })
+	// Commands pinned to this host: Complete and Cancel cleanup of the
+	// files only it has, and transfers of jobs pinned to this agent. One
+	// more place than the pool's, so a Complete never waits behind them.
+	g.Go(func() error {
+		return a.consume(ctx, pinned, a.cfg.Slots+a.cfg.MaxForeground+a.cfg.Waiting+1, a.hostCommand)
+	})
 	g.Go(func() error { return a.watchBandwidth(ctx) })
 	g.Go(func() error { return a.runRegistry(ctx) })
 	err = g.Wait()
@@ -747,6 +752,16 @@ func ack(m jetstream.Msg) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	_ = m.DoubleAck(ctx)
+}
+
+// hostCommand handles a command sent to this agent alone: a transfer of a
+// job pinned to it, or a command for files only this host has.
+func (a *Agent) hostCommand(ctx context.Context, m jetstream.Msg) {
+	if cmd, err := dispatch.Decode(m); err == nil && cmd.Kind == dispatch.KindTransfer {
+		a.transfer(ctx, m)
+		return
+	}
+	a.pinned(ctx, m)
 }
 
 // pinned handles commands for files only this host has.

@@ -20,10 +20,13 @@ import (
 
 // CreateRequest is the body of POST /v1/jobs.
 type CreateRequest struct {
-	DisplayName        string            `json:"display_name"`
-	Description        string            `json:"description,omitempty"`
-	Priority           string            `json:"priority,omitempty"`
-	Pool               string            `json:"pool,omitempty"`
+	DisplayName string `json:"display_name"`
+	Description string `json:"description,omitempty"`
+	Priority    string `json:"priority,omitempty"`
+	Pool        string `json:"pool,omitempty"`
+	// Agent pins the job to one agent (host pinning); it then waits for
+	// that agent while it is offline.
+	Agent              string            `json:"agent,omitempty"`
 	Files              []events.FileSpec `json:"files,omitempty"`
 	MinimumRetryDelayS *int64            `json:"minimum_retry_delay_s,omitempty"`
 	NoProgressTimeoutS *int64            `json:"no_progress_timeout_s,omitempty"`
@@ -148,7 +151,7 @@ func (s *Service) createJob(w http.ResponseWriter, r *http.Request, c caller) er
 	}
 	res, err := s.exec(r.Context(), id, job.Create{
 		JobID: id, DisplayName: req.DisplayName, Description: req.Description, Owner: c.Principal,
-		Priority: prio, Pool: req.Pool, Files: req.Files, Limits: s.cfg.Limits,
+		Priority: prio, Pool: req.Pool, Agent: req.Agent, Files: req.Files, Limits: s.cfg.Limits,
 		MinimumRetryDelay: seconds(req.MinimumRetryDelayS), NoProgressTimeout: seconds(req.NoProgressTimeoutS),
 		MaxDownloadTime: seconds(req.MaxDownloadTimeS), Options: req.Options,
 	}, c.Principal, nil)

@@ -211,6 +211,9 @@ func commandFor(j *job.Job, now time.Time) (string, dispatch.Command, bool) {
 	case j.State == job.Queued && j.Agent == "",
 		j.State == job.TransientError && j.RetryAt != nil && !now.Before(*j.RetryAt):
 		c.Kind = dispatch.KindTransfer
+		if j.TargetAgent != "" {
+			return dispatch.AgentSubject(j.TargetAgent, j.ID), c, true
+		}
 		return dispatch.PoolSubject(j.Pool, j.ID), c, true
 	}
 	return "", c, false

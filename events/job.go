@@ -122,13 +122,18 @@ type ErrorInfo struct {
 // JobCreated starts a job. It is always the first event of a job; the job
 // starts SUSPENDED.
 type JobCreated struct {
-	JobID       string      `json:"job_id"`
-	DisplayName string      `json:"display_name"`
-	Description string      `json:"description,omitempty"`
-	JobType     string      `json:"job_type"` // DOWNLOAD
-	Owner       string      `json:"owner"`
-	Priority    string      `json:"priority"`
-	Pool        string      `json:"pool"`
+	JobID       string `json:"job_id"`
+	DisplayName string `json:"display_name"`
+	Description string `json:"description,omitempty"`
+	JobType     string `json:"job_type"` // DOWNLOAD
+	Owner       string `json:"owner"`
+	Priority    string `json:"priority"`
+	Pool        string `json:"pool"`
+	// Agent, when set, pins the job to that one agent: its transfers are
+	// dispatched to ferry.cmd.agent.<agent>.<job> instead of the pool, and
+	// the job waits for that agent while it is offline. (Added to version
+	// 1 as an optional field: absent in older events means the pool.)
+	Agent       string      `json:"agent,omitempty"`
 	RetryPolicy RetryPolicy `json:"retry_policy"`
 	Options     JobOptions  `json:"options"`
 }

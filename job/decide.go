@@ -54,6 +54,8 @@ type (
 		Owner       string
 		Priority    Priority
 		Pool        string
+		// Agent pins the job to one agent ("": any agent of Pool).
+		Agent string
 		// Nil means the default; values below the 5 s floor are raised.
 		MinimumRetryDelay *time.Duration
 		NoProgressTimeout *time.Duration
@@ -399,6 +401,9 @@ func decideCreate(j *Job, c Create) ([]events.Payload, error) {
 	if !events.ValidID(pool) {
 		return nil, Errorf(E_INVALIDARG, "pool %q is not valid", pool)
 	}
+	if c.Agent != "" && !events.ValidID(c.Agent) {
+		return nil, Errorf(E_INVALIDARG, "agent %q is not a valid agent ID (letters, digits, '-' and '_')", c.Agent)
+	}
 	rp := events.RetryPolicy{
 		MinimumRetryDelaySec: int64(DefaultMinimumRetryDelay / time.Second),
 		NoProgressTimeoutSec: int64(DefaultNoProgressTimeout / time.Second),
@@ -417,7 +422,7 @@ func decideCreate(j *Job, c Create) ([]events.Payload, error) {
 	}
 	out := []events.Payload{&events.JobCreated{
 		JobID: c.JobID, DisplayName: c.DisplayName, Description: c.Description,
-		JobType: TypeDownload, Owner: c.Owner, Priority: string(prio), Pool: pool, RetryPolicy: rp,
+		JobType: TypeDownload, Owner: c.Owner, Priority: string(prio), Pool: pool, Agent: c.Agent, RetryPolicy: rp,
 		Options: opts,
 	}}
 	if len(files) > 0 {
@@ -506,6 +511,9 @@ func applyRetry(rp *events.RetryPolicy, minDelay, noProgress, maxDownload *time.
 func decideLease(j *Job, c Lease, now time.Time) ([]events.Payload, error) {
 	if c.Agent == "" {
 		return nil, Errorf(RPC_X_NULL_REF_POINTER, "agent is required")
+	}
+	if j.TargetAgent != "" && c.Agent != j.TargetAgent {
+		return nil, Errorf(E_ACCESSDENIED, "job %s is pinned to agent %s; agent %s may not lease it", j.ID, j.TargetAgent, c.Agent)
 	}
 	lease := &events.JobLeased{Agent: c.Agent, Attempt: j.Attempt + 1, DispatchSeq: c.DispatchSeq}
 	switch {

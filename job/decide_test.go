@@ -456,3 +456,42 @@ func FuzzValidateRemoteURL(f *testing.F) {
 		}
 	})
 }
+
+// TestPinnedToOneAgent: a job created for one agent keeps its pool, names
+// the agent, and only that agent may lease it (host pinning); a bad agent
+// ID is refused at creation.
+func TestPinnedToOneAgent(t *testing.T) {
+	const agentA, agentB = "host-a", "host-b"
+	var j Job
+	ps, err := Decide(&j, Create{JobID: "j1", Owner: "alice", Agent: agentA, Files: []events.FileSpec{file1}}, t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range ps {
+		if err := Apply(&j, p, t0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if j.TargetAgent != agentA || j.Pool != DefaultPool {
+		t.Fatalf("target %q pool %q", j.TargetAgent, j.Pool)
+	}
+	ps, err = Decide(&j, Resume{}, t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range ps {
+		if err := Apply(&j, p, t0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := Decide(&j, Lease{Agent: agentB}, t0); CodeOf(err) != E_ACCESSDENIED {
+		t.Fatalf("lease by another agent: %v", err)
+	}
+	if ps, err := Decide(&j, Lease{Agent: agentA}, t0); err != nil || types(ps) != "JobLeased" {
+		t.Fatalf("lease by the pinned agent: %s %v", types(ps), err)
+	}
+	var k Job
+	if _, err := Decide(&k, Create{JobID: "j2", Owner: "alice", Agent: "bad agent"}, t0); CodeOf(err) != E_INVALIDARG {
+		t.Fatalf("bad agent id: %v", err)
+	}
+}

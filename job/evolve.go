@@ -32,7 +32,7 @@ func Apply(j *Job, p events.Payload, t time.Time) error {
 	case *events.JobCreated:
 		*j = Job{
 			ID: e.JobID, DisplayName: e.DisplayName, Description: e.Description,
-			Type: e.JobType, Owner: e.Owner, Pool: e.Pool, State: Suspended,
+			Type: e.JobType, Owner: e.Owner, Pool: e.Pool, TargetAgent: e.Agent, State: Suspended,
 			Priority: Priority(e.Priority), RetryPolicy: e.RetryPolicy, Options: cloneOptions(e.Options),
 			Files: []File{}, Times: Times{Creation: t}, LastProgress: t, Version: j.Version,
 		}

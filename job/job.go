@@ -115,12 +115,15 @@ type Times struct {
 
 // Job is the state of one job: what replaying its events gives.
 type Job struct {
-	ID          string             `json:"id"`
-	DisplayName string             `json:"display_name"`
-	Description string             `json:"description,omitempty"`
-	Type        string             `json:"type"`
-	Owner       string             `json:"owner"`
-	Pool        string             `json:"pool"`
+	ID          string `json:"id"`
+	DisplayName string `json:"display_name"`
+	Description string `json:"description,omitempty"`
+	Type        string `json:"type"`
+	Owner       string `json:"owner"`
+	Pool        string `json:"pool"`
+	// TargetAgent is the one agent the job is pinned to ("": any agent of
+	// Pool).
+	TargetAgent string             `json:"target_agent,omitempty"`
 	State       State              `json:"state"`
 	Priority    Priority           `json:"priority"`
 	RetryPolicy events.RetryPolicy `json:"retry_policy"`

@@ -114,6 +114,11 @@ func (c *CLI) PrintJob(j job.Job) {
 	fmt.Fprintf(tw, "State\t%s%s\n", j.State, pendingText(&j))
 	fmt.Fprintf(tw, "Priority\t%s\n", j.Priority)
 	fmt.Fprintf(tw, "Owner\t%s\n", j.Owner)
+	if j.TargetAgent != "" {
+		fmt.Fprintf(tw, "Runs on\tagent %s only (pool %s)\n", j.TargetAgent, j.Pool)
+	} else {
+		fmt.Fprintf(tw, "Runs on\tany agent of pool %s\n", j.Pool)
+	}
 	fmt.Fprintf(tw, "Progress\t%s (%d/%d files)\n", bytesText(j.Progress.BytesTransferred, j.Progress.BytesTotal), j.Progress.FilesTransferred, j.Progress.FilesTotal)
 	fmt.Fprintf(tw, "Created\t%s\n", j.Times.Creation.Local().Format(time.RFC3339))
 	fmt.Fprintf(tw, "Modified\t%s\n", j.Times.Modification.Local().Format(time.RFC3339))
@@ -363,9 +368,9 @@ func describe(j *job.Job, ev *events.Event) string {
 func pendingText(j *job.Job) string {
 	switch {
 	case j.PendingComplete:
-		return " (completing)"
+		return " (completing on agent " + j.FilesAgent + ", which holds the files)"
 	case j.PendingCleanup:
-		return " (deleting files)"
+		return " (deleting files on agent " + j.FilesAgent + ")"
 	}
 	return ""
 }
@@ -401,6 +406,9 @@ func bytesText(done, total int64) string {
 type TransferOptions struct {
 	DisplayName string
 	Priority    string
+	// Pool and Agent say where the job runs: an agent of Pool (default
+	// "default"), or Agent alone.
+	Pool, Agent string
 	Timeout     time.Duration
 	// Cert, if set, is the job's client certificate, set before it resumes.
 	Cert CertSpec
@@ -424,7 +432,7 @@ func (c *CLI) Transfer(ctx context.Context, files []events.FileSpec, o TransferO
 			name += fmt.Sprintf(" and %d more", len(files)-1)
 		}
 	}
-	created, err := c.CreateWithCert(ctx, coordinator.CreateRequest{DisplayName: name, Priority: o.Priority, Files: files, Resume: true,
+	created, err := c.CreateWithCert(ctx, coordinator.CreateRequest{DisplayName: name, Priority: o.Priority, Pool: o.Pool, Agent: o.Agent, Files: files, Resume: true,
 		Options: o.Options, MaxDownloadTimeS: o.MaxDownloadTimeS}, o.Cert)
 	if err != nil {
 		return created, err

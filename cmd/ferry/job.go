@@ -73,6 +73,8 @@ func jobCreateCmd(g *globals) *cobra.Command {
 	f.StringVar(&req.DisplayName, "name", "", "display name (at most 256 characters)")
 	f.StringVar(&req.Description, "description", "", "description")
 	f.StringVar(&req.Priority, "priority", "", "FOREGROUND, HIGH, NORMAL (default) or LOW")
+	f.StringVar(&req.Pool, "pool", "", "agent pool that runs the job (default: default)")
+	f.StringVar(&req.Agent, "agent", "", "pin the job to this one agent (it waits for it while it is offline)")
 	f.BoolVar(&req.Resume, "resume", false, "resume the job right away")
 	f.DurationVar(&minDelay, "min-retry-delay", 600*time.Second, "MinimumRetryDelay (at least 5s)")
 	f.DurationVar(&noProgress, "no-progress-timeout", 14*24*time.Hour, "NoProgressTimeout (0: every error is fatal)")

@@ -85,6 +85,8 @@ Exit status: 0 done, 1 failed (job in ERROR), 2 cancelled, 3 --timeout.`,
 	f := cmd.Flags()
 	f.StringVar(&o.DisplayName, "name", "", "display name of the job")
 	f.StringVar(&o.Priority, "priority", "", "FOREGROUND, HIGH, NORMAL (default) or LOW")
+	f.StringVar(&o.Pool, "pool", "", "agent pool that runs the job (default: default)")
+	f.StringVar(&o.Agent, "agent", "", "pin the job to this one agent")
 	f.DurationVar(&o.Timeout, "timeout", 0, "give up waiting after this long (the job goes on)")
 	addCertFlags(cmd, &o.Cert)
 	addOptionFlags(cmd, &opts, false)
