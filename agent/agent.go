@@ -44,6 +44,13 @@ type Config struct {
 	// Root is the directory every file is written under; destinations
 	// outside it are refused.
 	Root string
+	// SharedRoot says Root is shared storage that the other agents of the
+	// pool mount at the same path. An agent that takes a job over then
+	// resumes its files from the temporary files its previous holder
+	// staged (with Range), and an agent that lost a job leaves them to the
+	// new holder instead of deleting them. On separate disks (the default)
+	// a takeover starts the files again and the loser deletes its copies.
+	SharedRoot bool
 	// Slots is how many background (HIGH, NORMAL, LOW) jobs transfer at
 	// once (default 4); MaxForeground how many FOREGROUND jobs transfer
 	// besides them (default 4). A higher class runs before a lower one,
@@ -731,7 +738,7 @@ func (a *Agent) fenced(ctx context.Context, j *job.Job, log zerolog.Logger) {
 		return
 	}
 	log.Info().Str("state", string(cur.State)).Str("lease", cur.Agent).Msg("stopped: the agent no longer holds the job")
-	if cur.FilesAgent != a.cfg.ID {
+	if cur.FilesAgent != a.cfg.ID && !a.cfg.SharedRoot {
 		a.discard(&cur, log)
 	}
 }

@@ -58,6 +58,8 @@ type DevConfig struct {
 	TimeSlice     time.Duration
 	// MinFreeBytes is the disk space the agent keeps free.
 	MinFreeBytes int64
+	// SharedRoot: Root is shared with other agents (agent.Config.SharedRoot).
+	SharedRoot bool
 	// IdleReadTimeout is how long a download may receive nothing before it
 	// fails with ERROR_WINHTTP_TIMEOUT (default 60 s).
 	IdleReadTimeout time.Duration
@@ -250,7 +252,7 @@ func StartDev(ctx context.Context, cfg DevConfig, log zerolog.Logger) (_ *Dev, e
 	releases := vaultReleases{tls: identity.ClientTLSConfig(agentCert, pki.ca.Pool()), url: d.info.CertvaultURL}
 	ag, err := agent.New(agent.Config{
 		ID: cfg.AgentID, Principal: identity.SPIFFEID{TrustDomain: pki.ca.TrustDomain(), Role: identity.RoleAgent, Name: cfg.AgentID}.String(),
-		Root: cfg.Root, AckWait: cfg.AckWait, Slots: cfg.Slots, MaxForeground: cfg.MaxForeground, TimeSlice: cfg.TimeSlice, MinFreeBytes: cfg.MinFreeBytes,
+		Root: cfg.Root, AckWait: cfg.AckWait, Slots: cfg.Slots, MaxForeground: cfg.MaxForeground, TimeSlice: cfg.TimeSlice, MinFreeBytes: cfg.MinFreeBytes, SharedRoot: cfg.SharedRoot,
 		CheckpointInterval: cfg.CheckpointInterval,
 		Client:             download.ClientOptions{RootCAs: roots, IdleReadTimeout: cfg.IdleReadTimeout},
 		ClientCerts:        releases,

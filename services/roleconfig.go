@@ -666,6 +666,9 @@ type AgentConfig struct {
 	CheckpointBytes    int64    `json:"checkpoint_bytes,omitempty"`
 	MinFreeBytes       int64    `json:"min_free_bytes,omitempty"`
 	IdleReadTimeout    Duration `json:"idle_read_timeout,omitempty"`
+	// SharedRoot: root is shared storage mounted by every agent of the
+	// pool at the same path (agent.Config.SharedRoot).
+	SharedRoot bool `json:"shared_root,omitempty"`
 	// Bandwidth are the limits the agent starts with (the pool's setting
 	// replaces them at run time).
 	Bandwidth dispatch.Bandwidth `json:"bandwidth"`
@@ -691,6 +694,7 @@ func (c *AgentConfig) Settings() []Setting {
 	s.add("pool", "pool", "", "pool whose jobs this agent runs", strValue{&c.Pool})
 	s.add("root", "root", "", "directory files are written under; destinations outside are refused (default: <data-dir>/files)", strValue{&c.Root})
 	s.derived()
+	s.add("shared_root", "shared-root", "", "root is shared storage of the pool: a takeover resumes the previous holder's staged files", boolValue{&c.SharedRoot})
 	s.add("slots", "slots", "", "background (HIGH, NORMAL, LOW) jobs transferred at once", intValue{&c.Slots})
 	s.add("max_foreground", "max-foreground", "", "FOREGROUND jobs transferred besides them", intValue{&c.MaxForeground})
 	s.add("time_slice", "time-slice", "", "turn length among jobs of one priority", durValue{&c.TimeSlice})

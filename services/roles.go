@@ -142,7 +142,7 @@ func RunAgent(ctx context.Context, cfg AgentConfig, log zerolog.Logger) error {
 				Slots: cfg.Slots, MaxForeground: cfg.MaxForeground, TimeSlice: cfg.TimeSlice.D(),
 				AckWait: cfg.AckWait.D(), CheckpointInterval: cfg.CheckpointInterval.D(), CheckpointBytes: cfg.CheckpointBytes,
 				Client:    download.ClientOptions{RootCAs: rt.originRoots, IdleReadTimeout: cfg.IdleReadTimeout.D()},
-				Bandwidth: cfg.Bandwidth, MinFreeBytes: cfg.MinFreeBytes,
+				Bandwidth: cfg.Bandwidth, MinFreeBytes: cfg.MinFreeBytes, SharedRoot: cfg.SharedRoot,
 			}
 			if cfg.CertvaultURL != "" {
 				rel := agentReleases{tls: identity.ClientTLSConfig(*rt.cert, rt.roots), url: cfg.CertvaultURL}
