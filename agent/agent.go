@@ -335,9 +335,13 @@ func (a *Agent) transfer(ctx context.Context, m jetstream.Msg) {
 
 	// The job's class decides when it may run; while it waits for a slot it
 	// stays QUEUED and this agent keeps its dispatch (with heartbeats).
+	lease := job.Lease{Agent: a.cfg.ID, DispatchSeq: cmd.JobSeq}
+	if md, err := m.Metadata(); err == nil {
+		lease.Deliveries = int(md.NumDelivered)
+	}
 	j, err := a.repo.LoadAtLeast(ctx, cmd.JobID, cmd.JobSeq)
 	if err == nil {
-		_, err = job.Decide(&j, job.Lease{Agent: a.cfg.ID, DispatchSeq: cmd.JobSeq}, time.Now())
+		_, err = job.Decide(&j, lease, time.Now())
 	}
 	if err != nil {
 		if lostLease(err) {
@@ -364,7 +368,7 @@ func (a *Agent) transfer(ctx context.Context, m jetstream.Msg) {
 	defer func() { ticket.Release() }()
 
 	// The lease chains on the state just loaded (no second load).
-	if err := a.exec(ctx, &j, job.Lease{Agent: a.cfg.ID, DispatchSeq: cmd.JobSeq}); err != nil {
+	if err := a.exec(ctx, &j, lease); err != nil {
 		if lostLease(err) {
 			log.Debug().Err(err).Msg("nothing to do for this dispatch")
 			ack(m)

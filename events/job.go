@@ -174,6 +174,14 @@ type JobLeased struct {
 	Attempt int    `json:"attempt"`
 	// DispatchSeq is the job's subject sequence the dispatch command carried.
 	DispatchSeq uint64 `json:"dispatch_seq"`
+	// PreviousAgent is set on a takeover: the agent that held the job
+	// before (it stopped heartbeating — died, paused or cut off — or
+	// handed the job back), so its files are gone from this attempt.
+	PreviousAgent string `json:"previous_agent,omitempty"`
+	// Deliveries is the dispatch's delivery count as JetStream reported
+	// it (1: first delivery; more: redelivered after AckWait or a hand
+	// back); 0 when unknown.
+	Deliveries int `json:"deliveries,omitempty"`
 }
 
 // JobConnecting: the lease holder is connecting to the origin of a file.

@@ -94,6 +94,10 @@ type (
 	Lease struct {
 		Agent       string
 		DispatchSeq uint64
+		// Deliveries is how many times the dispatch has been delivered
+		// (1 the first time; more after a holder went silent past AckWait
+		// or handed it back).
+		Deliveries int
 	}
 	StartConnecting struct {
 		Agent     string
@@ -515,7 +519,12 @@ func decideLease(j *Job, c Lease, now time.Time) ([]events.Payload, error) {
 	if j.TargetAgent != "" && c.Agent != j.TargetAgent {
 		return nil, Errorf(E_ACCESSDENIED, "job %s is pinned to agent %s; agent %s may not lease it", j.ID, j.TargetAgent, c.Agent)
 	}
-	lease := &events.JobLeased{Agent: c.Agent, Attempt: j.Attempt + 1, DispatchSeq: c.DispatchSeq}
+	lease := &events.JobLeased{Agent: c.Agent, Attempt: j.Attempt + 1, DispatchSeq: c.DispatchSeq, Deliveries: c.Deliveries}
+	if j.Agent != "" && j.Agent != c.Agent {
+		// A takeover: the holder stopped heartbeating (died, paused, cut
+		// off) or handed the job back, and its dispatch came here.
+		lease.PreviousAgent = j.Agent
+	}
 	switch {
 	case j.State.Active() && !j.PendingComplete:
 		// QUEUED, or a takeover of an attempt whose agent went away.

@@ -268,6 +268,18 @@ func TestFencing(t *testing.T) {
 
 func TestTakeoverRestartsFilesOnTheNewHost(t *testing.T) {
 	j := inState(t, Transferring) // agentA
+	// The lease of a takeover names the agent it takes the job from and
+	// the dispatch's delivery count; a re-lease by the holder names none.
+	ps, err := Decide(&j, Lease{Agent: agentB, DispatchSeq: j.Version, Deliveries: 2}, t0)
+	if err != nil || len(ps) != 1 {
+		t.Fatalf("takeover: %s %v", types(ps), err)
+	}
+	if l := ps[0].(*events.JobLeased); l.PreviousAgent != agentA || l.Deliveries != 2 || l.Attempt != j.Attempt+1 {
+		t.Fatalf("takeover lease %+v", l)
+	}
+	if ps, err := Decide(&j, Lease{Agent: agentA, DispatchSeq: j.Version, Deliveries: 1}, t0); err != nil || ps[0].(*events.JobLeased).PreviousAgent != "" {
+		t.Fatalf("re-lease by the holder: %v %v", ps, err)
+	}
 	_ = Apply(&j, &events.FileTransferred{FileIndex: 0, Bytes: 10, TempName: "t0"}, t0)
 	_ = Apply(&j, &events.JobLeased{Agent: agentB, Attempt: 2}, t0)
 	if j.Files[0].Transferred || j.Files[0].BytesTransferred != 0 || j.FilesAgent != agentB || j.NextFile() != 0 {
