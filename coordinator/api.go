@@ -2,12 +2,10 @@ package coordinator
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/ferry-dev/ferry/certvault/identity"
@@ -374,53 +372,10 @@ func (s *Service) jobEvents(w http.ResponseWriter, r *http.Request, c caller) er
 		}
 		after = n
 	}
-	rc := http.NewResponseController(w)
-	w.Header().Set("Content-Type", "text/event-stream")
-	w.Header().Set("Cache-Control", "no-store")
-	w.Header().Set("X-Accel-Buffering", "no")
-	w.WriteHeader(http.StatusOK)
-	if err := rc.Flush(); err != nil {
-		return nil
-	}
-	ctx, cancel := context.WithCancel(r.Context())
-	defer cancel()
-	var mu sync.Mutex // events and keep-alives share the response
-	send := func(format string, args ...any) error {
-		mu.Lock()
-		defer mu.Unlock()
-		if _, err := fmt.Fprintf(w, format, args...); err != nil {
-			cancel()
-			return err
-		}
-		if err := rc.Flush(); err != nil {
-			cancel()
-			return err
-		}
-		return nil
-	}
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	defer cancel()
-	wg.Go(func() {
-		t := time.NewTicker(15 * time.Second)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				_ = send(": keep-alive\n\n")
-			}
-		}
+	err := serveSSE(w, r, func(ctx context.Context, sse *sseStream) error {
+		return s.store.Subscribe(ctx, events.JobSubject(id), after, func(ev events.Event) error { return sse.event(&ev) })
 	})
-	err := s.store.Subscribe(ctx, events.JobSubject(id), after, func(ev events.Event) error {
-		body, err := events.Marshal(&ev)
-		if err != nil {
-			return err
-		}
-		return send("id: %d\nevent: %s\ndata: %s\n\n", ev.Seq, ev.Type, body)
-	})
-	if err != nil && ctx.Err() == nil && !errors.Is(err, context.Canceled) {
+	if err != nil {
 		s.log.Debug().Err(err).Str("job", id).Msg("event stream ended")
 	}
 	return nil
