@@ -14,6 +14,7 @@ func jobCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "job", Short: "Create, control and inspect jobs"}
 	cmd.AddCommand(jobCreateCmd(g), jobAddFileCmd(g), jobListCmd(g), jobShowCmd(g), jobWatchCmd(g), jobSetCmd(g))
 	cmd.AddCommand(jobCertCmd(g), jobHeadersCmd(g), jobTakeOwnershipCmd(g))
+	cmd.AddCommand(jobHistoryCmd(g))
 	for _, a := range []struct{ name, short string }{
 		{"resume", "Queue a job for transfer (BG_E_EMPTY without files)"},
 		{"suspend", "Stop a job's transfer; resume continues where it stopped"},
