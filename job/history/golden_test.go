@@ -23,7 +23,7 @@ const goldenHistories = "../../events/testdata/golden/histories"
 
 // golden reads every recorded history, its events numbered as the stream
 // sequences first, first+step, first+2*step, … .
-func golden(t *testing.T, first, step uint64) map[string][]events.Event {
+func golden(t testing.TB, first, step uint64) map[string][]events.Event {
 	t.Helper()
 	files, err := filepath.Glob(filepath.Join(goldenHistories, "*.ndjson"))
 	if err != nil || len(files) == 0 {
