@@ -398,6 +398,11 @@ func refuse(line int, format string, args ...any) error {
 }
 
 func (im *importer) add(ev events.Event, line int) error {
+	switch ev.Kind {
+	case events.KindJob, events.KindAgent, events.KindVault:
+	default:
+		return &importLineError{line: line, err: job.Errorf(job.RPC_X_BAD_STUB_DATA, "kind %q is not job, agent or vault", ev.Kind)}
+	}
 	s, err := im.subject(ev.Subject(), ev.Kind)
 	if err != nil {
 		return err

@@ -442,6 +442,12 @@ func TestImportRefusals(t *testing.T) {
 			}
 		}
 	})
+	t.Run("an unknown kind", func(t *testing.T) {
+		e := newEnv(t)
+		r := of[retried]
+		odd := strings.NewReplacer(`"kind":"job"`, `"kind":"jobs"`, "ferry.evt.job.", "ferry.evt.jobs.").Replace(ls[r[0]])
+		check(t, e, joinLines(ls[r[0]], odd), want{400, "RPC_X_BAD_STUB_DATA", 2, 1, `kind "jobs" is not job, agent or vault`})
+	})
 	t.Run("a line twice", func(t *testing.T) {
 		e := newEnv(t)
 		r := of[retried]
