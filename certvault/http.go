@@ -98,6 +98,9 @@ func jsonKind(field string) string {
 //	GET    /v1/stores/{location}/{store}/certificates/{sha1}  one certificate (CertInfo)
 //	DELETE /v1/stores/{location}/{store}/certificates/{sha1}  remove (204)
 //	POST   /v1/admin/rotate-key                               rotate the key-encryption key (admins; RotateKeyResult)
+//	POST   /v1/coordinator/certificate-lookups                lookup by subject on behalf of a job's owner (coordinator only)
+//	PUT    /v1/coordinator/jobs/{id}/write-only-headers       store a job's write-only header values (coordinator only)
+//	DELETE /v1/coordinator/jobs/{id}/write-only-headers       delete them (coordinator only)
 //
 // {location} is a name or number (ParseLocation); {store} is
 // percent-encoded where needed ("spiffe:%2F%2Fexample.org%2Fuser%2Falice%5CMY"
@@ -118,6 +121,13 @@ func (v *Vault) Handler(auth func(*http.Request) (Caller, error)) http.Handler {
 	mux.HandleFunc(certs+"/{sha1}", h.notAllowed("GET, DELETE"))
 	mux.HandleFunc("POST "+RotateKeyPath, h.rotateKey)
 	mux.HandleFunc(RotateKeyPath, h.notAllowed("POST"))
+	// The coordinator's calls when certvault is a process of its own
+	// (coordinator_api.go).
+	mux.HandleFunc("POST "+CoordinatorLookupPath, h.coordinator(h.lookupBySubject))
+	mux.HandleFunc(CoordinatorLookupPath, h.notAllowed("POST"))
+	mux.HandleFunc("PUT "+CoordinatorHeadersPath, h.coordinator(h.storeHeaders))
+	mux.HandleFunc("DELETE "+CoordinatorHeadersPath, h.coordinator(h.deleteHeaders))
+	mux.HandleFunc(CoordinatorHeadersPath, h.notAllowed("PUT, DELETE"))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		h.problem(w, r, job.Errorf(job.ERROR_NOT_FOUND, "no such resource: the certificate store API is /v1/stores/{location}/{store}/certificates[/{sha1}]; admins rotate keys with POST "+RotateKeyPath))
 	})

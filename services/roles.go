@@ -59,9 +59,10 @@ func RunCoordinator(ctx context.Context, cfg CoordinatorConfig, log zerolog.Logg
 				Limits: jobLimits(cfg.Limits),
 			}
 			if cfg.CertvaultURL != "" {
-				ccfg.Certs = NewVaultLookup(cfg.CertvaultURL, identity.ClientTLSConfig(*rt.cert, rt.roots))
+				vault := NewVaultClient(cfg.CertvaultURL, identity.ClientTLSConfig(*rt.cert, rt.roots))
+				ccfg.Certs, ccfg.Headers = vault, vault
 			} else {
-				log.Warn().Msg("no certvault_url: jobs cannot be given client certificates (ERROR_SERVICE_UNAVAILABLE)")
+				log.Warn().Msg("no certvault_url: jobs cannot be given client certificates or write-only headers (ERROR_SERVICE_UNAVAILABLE)")
 			}
 			coord, err := coordinator.New(ctx, ccfg, log, n.JS, store)
 			if err != nil {

@@ -1,6 +1,7 @@
 package services
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/hex"
@@ -33,7 +34,9 @@ import (
 // locations LOCAL_MACHINE, LOCAL_MACHINE_GROUP_POLICY and
 // LOCAL_MACHINE_ENTERPRISE need nothing. Lookup by subject name
 // (SetClientCertificateByName) needs the certificates themselves, which the
-// store API does not return: it answers E_NOTIMPL.
+// store API does not return: VaultLookup answers E_NOTIMPL, and
+// VaultClient, which the coordinator uses, adds it (and write-only
+// headers) through certvault's coordinator API.
 type VaultLookup struct {
 	// URL is certvault's base URL ("https://certvault:7071").
 	URL    string
@@ -45,7 +48,10 @@ func NewVaultLookup(url string, tlsCfg *tls.Config) *VaultLookup {
 	return &VaultLookup{
 		URL: strings.TrimSuffix(url, "/"),
 		Client: &http.Client{Timeout: 15 * time.Second,
-			Transport: &http.Transport{TLSClientConfig: tlsCfg, ForceAttemptHTTP2: true, MaxIdleConnsPerHost: 4}},
+			Transport: &http.Transport{TLSClientConfig: tlsCfg, ForceAttemptHTTP2: true, MaxIdleConnsPerHost: 4},
+			// certvault never redirects: a redirect would carry a request
+			// (header values included) elsewhere.
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }},
 	}
 }
 
@@ -76,14 +82,15 @@ func (v *VaultLookup) Lookup(ctx context.Context, owner certvault.Caller, loc ce
 	return info, nil
 }
 
-// LookupBySubject is SetClientCertificateByName, which needs certvault's
-// lookup by subject: its HTTPS API does not offer one yet.
+// LookupBySubject is SetClientCertificateByName, which the store API
+// cannot answer: VaultClient.LookupBySubject does, through certvault's
+// coordinator API.
 func (v *VaultLookup) LookupBySubject(ctx context.Context, owner certvault.Caller, loc certvault.Location, store, subject string) (certvault.CertInfo, error) {
 	if _, _, err := ownerAddress(owner, loc, store); err != nil {
 		return certvault.CertInfo{}, err
 	}
 	return certvault.CertInfo{}, job.Errorf(job.E_NOTIMPL,
-		"naming a client certificate by subject is not available when certvault runs as a separate process (its API has no lookup by subject yet): name it by its thumbprint")
+		"naming a client certificate by subject needs certvault's coordinator API (services.VaultClient): name it by its thumbprint")
 }
 
 // needsAdmin reports whether the coordinator must be an admin in certvault
@@ -159,24 +166,45 @@ func ownerAddress(owner certvault.Caller, loc certvault.Location, name string) (
 // get reads a certvault resource; a refusal is the *job.Error of its
 // problem document, certvault unreachable is ERROR_SERVICE_UNAVAILABLE.
 func (v *VaultLookup) get(ctx context.Context, path string, out any) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, v.URL+path, nil)
+	return v.call(ctx, http.MethodGet, path, nil, out, "check the certificate")
+}
+
+// call sends a request to certvault (body: JSON, or nil) and decodes its
+// answer into out. A refusal is the *job.Error of its problem document
+// (code and detail as certvault gave them); certvault unreachable, or an
+// answer that is not one, is ERROR_SERVICE_UNAVAILABLE, whose detail says
+// what the call was for (what). Errors never hold the request body.
+func (v *VaultLookup) call(ctx context.Context, method, path string, body []byte, out any, what string) error {
+	if len(v.URL) < len("https://") || !strings.EqualFold(v.URL[:len("https://")], "https://") {
+		// Never send an owner's name, let alone header values, in the clear.
+		return &job.Error{Code: job.ERROR_SERVICE_UNAVAILABLE,
+			Detail: fmt.Sprintf("certvault_url %q is not an https:// URL", v.URL)}
+	}
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, v.URL+path, rd)
 	if err != nil {
 		return err
 	}
 	req.Header.Set("Accept", "application/json")
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
 	resp, err := v.Client.Do(req)
 	if err != nil {
 		return &job.Error{Code: job.ERROR_SERVICE_UNAVAILABLE, Err: err,
-			Detail: "certvault cannot be reached to check the certificate; try again later"}
+			Detail: "certvault cannot be reached to " + what + "; try again later"}
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	answer, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 	if err != nil {
 		return &job.Error{Code: job.ERROR_SERVICE_UNAVAILABLE, Err: err, Detail: "certvault's answer was cut short; try again later"}
 	}
 	if resp.StatusCode >= 300 {
 		var p certvault.Problem
-		if json.Unmarshal(body, &p) == nil {
+		if json.Unmarshal(answer, &p) == nil {
 			if c, ok := job.LookupCode(p.Code); ok {
 				return &job.Error{Code: c, Detail: p.Detail}
 			}
@@ -184,7 +212,7 @@ func (v *VaultLookup) get(ctx context.Context, path string, out any) error {
 		return &job.Error{Code: job.ERROR_SERVICE_UNAVAILABLE, Err: errors.New(resp.Status),
 			Detail: fmt.Sprintf("certvault answered %s", resp.Status)}
 	}
-	if err := json.Unmarshal(body, out); err != nil {
+	if err := json.Unmarshal(answer, out); err != nil {
 		return &job.Error{Code: job.ERROR_SERVICE_UNAVAILABLE, Err: err, Detail: "certvault's answer cannot be decoded"}
 	}
 	return nil
