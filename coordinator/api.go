@@ -239,15 +239,14 @@ func validState(s job.State) bool {
 
 // load returns the job's current state: from the read model, or, when the
 // projection has not caught up, by replaying its events.
+// load reads one job for a caller: its read-model entry plus the events
+// the projector has not applied yet (one read of the log's tail), so that
+// a client reads its own writes — `job show` right after `job resume` shows
+// the resume — even while the projector lags.
 func (s *Service) load(ctx context.Context, id string, c caller) (job.Job, error) {
-	j, ok, err := s.readModel.Get(ctx, id)
+	j, err := s.repo.Load(ctx, id)
 	if err != nil {
 		return job.Job{}, err
-	}
-	if !ok {
-		if j, err = s.repo.Load(ctx, id); err != nil {
-			return job.Job{}, err
-		}
 	}
 	return j, c.mayAccess(&j)
 }
