@@ -403,10 +403,14 @@ func (a *Agent) transfer(ctx context.Context, m jetstream.Msg) {
 				return
 			}
 			log.Info().Str("reason", string(why)).Msg("job yielded its slot")
-			if ticket, err = ticket.Yield(jobCtx); err != nil {
+			// Yield returns no ticket when it fails: keep the old one for
+			// the deferred Release (a no-op once it was given up).
+			next, err := ticket.Yield(jobCtx)
+			if err != nil {
 				a.notRun(ctx, m, log, err)
 				return
 			}
+			ticket = next
 			if err := a.exec(ctx, &j, job.Lease{Agent: a.cfg.ID, DispatchSeq: j.Version}); err != nil {
 				if lostLease(err) {
 					log.Debug().Err(err).Msg("the job changed while it waited for its turn")
