@@ -346,7 +346,7 @@ func (a *Agent) transfer(ctx context.Context, m jetstream.Msg) {
 	if err != nil {
 		if lostLease(err) {
 			log.Debug().Err(err).Msg("nothing to do for this dispatch")
-			ack(m)
+			a.settle(m, log)
 			return
 		}
 		a.handBack(ctx, m, log, err)
@@ -371,7 +371,7 @@ func (a *Agent) transfer(ctx context.Context, m jetstream.Msg) {
 	if err := a.exec(ctx, &j, lease); err != nil {
 		if lostLease(err) {
 			log.Debug().Err(err).Msg("nothing to do for this dispatch")
-			ack(m)
+			a.settle(m, log)
 			return
 		}
 		a.handBack(ctx, m, log, err)
@@ -396,7 +396,7 @@ func (a *Agent) transfer(ctx context.Context, m jetstream.Msg) {
 			if err := a.exec(ctx, &j, job.Yield{Agent: a.cfg.ID}); err != nil {
 				if lostLease(err) {
 					a.fenced(ctx, &j, log)
-					ack(m)
+					a.settle(m, log)
 					return
 				}
 				a.handBack(ctx, m, log, err)
@@ -414,7 +414,7 @@ func (a *Agent) transfer(ctx context.Context, m jetstream.Msg) {
 			if err := a.exec(ctx, &j, job.Lease{Agent: a.cfg.ID, DispatchSeq: j.Version}); err != nil {
 				if lostLease(err) {
 					log.Debug().Err(err).Msg("the job changed while it waited for its turn")
-					ack(m)
+					a.settle(m, log)
 					return
 				}
 				a.handBack(ctx, m, log, err)
@@ -424,7 +424,7 @@ func (a *Agent) transfer(ctx context.Context, m jetstream.Msg) {
 		case lostLease(err), ctx.Err() == nil && jobCtx.Err() != nil:
 			// Refused, or stopped for a Complete or Cancel on this host.
 			a.fenced(ctx, &j, log)
-			ack(m)
+			a.settle(m, log)
 			return
 		case errors.As(err, &f):
 			log.Info().Str("code", f.Code.Symbol).Bool("transient", f.Transient).Str("description", f.Description).Msg("transfer failed")
@@ -432,6 +432,10 @@ func (a *Agent) transfer(ctx context.Context, m jetstream.Msg) {
 				Error: events.ErrorInfo{Context: f.Context, Code: f.Code.Symbol, HResult: f.Code.HResultString(), Description: f.Description, FileIndex: idx}})
 			if ferr != nil && !lostLease(ferr) {
 				a.handBack(ctx, m, log, ferr)
+				return
+			}
+			if ferr != nil {
+				a.settle(m, log)
 				return
 			}
 			ack(m)
@@ -524,7 +528,7 @@ func (a *Agent) notRun(ctx context.Context, m jetstream.Msg, log zerolog.Logger,
 		// Stopped for a Complete, Cancel or newer delivery of the job: the
 		// job's events say what happens next.
 		log.Debug().Err(err).Msg("job left the scheduler before its turn")
-		ack(m)
+		a.settle(m, log)
 	}
 }
 
@@ -761,6 +765,43 @@ func (a *Agent) handBack(ctx context.Context, m jetstream.Msg, log zerolog.Logge
 	}
 	log.Warn().Err(err).Msg("job handed back for redelivery")
 	_ = m.NakWithDelay(5 * time.Second)
+}
+
+// settle ends this agent's part in a dispatch whose transfer stopped before
+// the job was done here (the lease was lost, the job changed, the transfer
+// was replaced): it acks the dispatch only if the job no longer needs one.
+//
+// JetStream settles a message by its stream sequence, not by delivery. Once
+// a dispatch went unheartbeated past AckWait (this agent paused or cut off)
+// and was delivered again — to another agent, or again to this one — an ack
+// from the older delivery would remove the message the newer one runs on,
+// and should that holder die, nothing would ever deliver the job again: it
+// would stay CONNECTING or TRANSFERRING for good. So while the job is
+// active (QUEUED, CONNECTING, TRANSFERRING, no Complete pending) the
+// dispatch is left alone: its current holder's heartbeats keep it, and
+// without them it is delivered again after AckWait. A job that is done,
+// suspended, failed or cancelled gets a new dispatch when it needs one, so
+// this one is acked. When the job cannot be read, the dispatch is left to
+// be delivered again, which is always safe.
+func (a *Agent) settle(m jetstream.Msg, log zerolog.Logger) {
+	cmd, err := dispatch.Decode(m)
+	if err != nil {
+		ack(m)
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	cur, err := a.repo.LoadLatest(ctx, cmd.JobID)
+	switch {
+	case err != nil && job.CodeOf(err) == job.BG_E_NOT_FOUND:
+		ack(m)
+	case err != nil:
+		log.Debug().Err(err).Msg("dispatch left for redelivery: the job could not be read")
+	case cur.State.Active() && !cur.PendingComplete:
+		log.Debug().Str("state", string(cur.State)).Str("lease", cur.Agent).Msg("dispatch left to the job's current holder")
+	default:
+		ack(m)
+	}
 }
 
 func ack(m jetstream.Msg) {
