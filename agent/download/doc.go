@@ -18,6 +18,12 @@
 // sidecar says Complete, Fetch returns the Result without touching the
 // network, which makes "staged, but the event was never written" idempotent.
 //
+// A Fetch holds an exclusive lock (flock) on its temporary file from open to
+// return, and one that finds it locked waits: on storage shared by several
+// agents, a job's previous holder may still be writing the file it lost
+// (paused past its lease, it finds out at its next event), and the new
+// holder must not truncate, write or claim bytes beside it.
+//
 // Beyond a whole file, a Request can ask for byte ranges concatenated in
 // order (BITS AddFileWithRanges), a SHA-256 to validate the result against,
 // dynamic content (never resumed), a maximum size, a bandwidth Limiter
@@ -48,5 +54,6 @@
 // client per transfer.
 //
 // The package imports only job (for the error vocabulary), the standard
-// library, zerolog and golang.org/x/sys/unix (free space, Linux only).
+// library, zerolog and golang.org/x/sys/unix (free space on Linux, file
+// locks on Unix).
 package download

@@ -219,6 +219,9 @@ func Fetch(ctx context.Context, r Request) (Result, error) {
 	}
 	ctx = withRedirectTrace(ctx, ft.redir)
 	defer ft.close()
+	if err := ft.acquire(ctx); err != nil {
+		return Result{}, err
+	}
 	if f := ft.open(); f != nil {
 		return Result{}, f
 	}
@@ -303,8 +306,10 @@ type fetcher struct {
 	r   Request
 	log zerolog.Logger
 
-	dir  *os.File // TempName's directory, for fsync after renames
-	file *os.File // the staging file, positioned at pos
+	dir     *os.File // TempName's directory, for fsync after renames
+	file    *os.File // the staging file, positioned at pos, locked (see acquire)
+	created bool     // this call created the staging file
+	saved   bool     // this call wrote the sidecar
 
 	st  state     // as last saved (st.Offset is durable) plus validators of the current response
 	h   hash.Hash // over the first pos bytes
@@ -330,9 +335,21 @@ func (ft *fetcher) close() {
 	}
 }
 
-// open prepares the staging file: it loads the sidecar, decides whether its
-// bytes can be trusted, and truncates the file to the trusted prefix.
-func (ft *fetcher) open() *Failure {
+// lockPoll bounds the pause between attempts to lock a staging file that
+// another writer holds.
+const lockPoll = 100 * time.Millisecond
+
+// acquire opens (or creates) the staging file and locks it for this call:
+// one writer at a time per staging file. On storage shared by several agents
+// the previous holder of a job may still be writing it — paused or cut off
+// past its lease, it learns that it lost the job only at its next write to
+// the job's events — and two writers would interleave bytes, truncations and
+// sidecars (one could claim bytes the other cut off). So a new holder waits
+// here, until ctx ends, for the old one to stop (it unlocks when its Fetch
+// returns, the kernel when it dies), and then reads the sidecar the old one
+// left. The file locked must still be the one at TempName: a Complete may
+// have renamed it, a Cancel removed it, meanwhile.
+func (ft *fetcher) acquire(ctx context.Context) error {
 	root, name := ft.r.Root, ft.r.TempName
 	dir := filepath.Dir(name)
 	if dir != "." {
@@ -345,16 +362,67 @@ func (ft *fetcher) open() *Failure {
 		return classifyLocal(err, "open the staging directory")
 	}
 	ft.dir = d
+	waited := false
+	for {
+		created := true
+		f, err := root.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+		if errors.Is(err, fs.ErrExist) {
+			created = false
+			if f, err = root.OpenFile(name, os.O_RDWR, 0o644); errors.Is(err, fs.ErrNotExist) {
+				continue // removed between the two opens
+			}
+		}
+		if err != nil {
+			return classifyLocal(err, "open the temporary file")
+		}
+		for {
+			ok, err := tryLock(f)
+			if err != nil {
+				f.Close()
+				return classifyLocal(err, "lock the temporary file")
+			}
+			if ok {
+				break
+			}
+			if !waited {
+				waited = true
+				ft.log.Info().Msg("another writer holds the staging file (the job's previous holder on shared storage?): waiting for it to let go")
+			}
+			t := time.NewTimer(lockPoll)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				f.Close()
+				return fmt.Errorf("download: waiting for the staging file: %w", ctx.Err())
+			case <-t.C:
+			}
+		}
+		fi, ferr := f.Stat()
+		pi, perr := root.Lstat(name)
+		if ferr == nil && perr == nil && os.SameFile(fi, pi) {
+			ft.file, ft.created = f, created
+			if waited {
+				ft.log.Info().Msg("staging file free")
+			}
+			return nil
+		}
+		f.Close() // renamed or removed while we waited: open what is there now
+		if ferr != nil {
+			return classifyLocal(ferr, "inspect the temporary file")
+		}
+	}
+}
+
+// open prepares the locked staging file: it loads the sidecar, decides
+// whether its bytes can be trusted, and truncates the file to the trusted
+// prefix.
+func (ft *fetcher) open() *Failure {
+	root, name := ft.r.Root, ft.r.TempName
 	st, h, found, lerr := loadState(root, name)
 	if lerr != nil && !found {
 		return classifyLocal(lerr, "read the staging state")
 	}
-	f, err := root.OpenFile(name, os.O_RDWR|os.O_CREATE, 0o644)
-	if err != nil {
-		return classifyLocal(err, "open the temporary file")
-	}
-	ft.file = f
-	fi, err := f.Stat()
+	fi, err := ft.file.Stat()
 	if err != nil {
 		return classifyLocal(err, "inspect the temporary file")
 	}
@@ -411,6 +479,7 @@ func (ft *fetcher) reset(reason string) *Failure {
 	ft.log.Debug().Str("reason", reason).Int64("discarded", ft.pos).Msg("restarting from zero")
 	ft.restarted, ft.started = reason, false
 	ft.st, ft.h = ft.fresh(), sha256.New()
+	ft.saved = true
 	if err := saveState(ft.r.Root, ft.dir, ft.r.TempName, ft.st, ft.h); err != nil {
 		return classifyLocal(err, "write the staging state")
 	}
@@ -1023,6 +1092,22 @@ func fill(r io.Reader, p []byte) (n int, err error) {
 // hookError carries a hook's error through the classification untouched.
 type hookError struct{ err error }
 
+// unstage removes the staging file this call created when the caller's
+// hook refused the transfer before anything was staged in it: an agent that
+// lost the job while it was opening the file (paused, say, while the new
+// holder finished and completed it) leaves nothing behind. It still holds
+// the lock, and removes the file only if it is still the one at TempName.
+func (ft *fetcher) unstage() {
+	if !ft.created || ft.saved || ft.pos != 0 || ft.file == nil {
+		return
+	}
+	fi, ferr := ft.file.Stat()
+	pi, perr := ft.r.Root.Lstat(ft.r.TempName)
+	if ferr == nil && perr == nil && os.SameFile(fi, pi) {
+		_ = ft.r.Root.Remove(ft.r.TempName)
+	}
+}
+
 func (e *hookError) Error() string { return e.err.Error() }
 func (e *hookError) Unwrap() error { return e.err }
 
@@ -1032,6 +1117,7 @@ func (ft *fetcher) checkpoint(hook bool) error {
 		return classifyLocal(err, "flush the temporary file to disk")
 	}
 	ft.st.Offset = ft.pos
+	ft.saved = true
 	if err := saveState(ft.r.Root, ft.dir, ft.r.TempName, ft.st, ft.h); err != nil {
 		return classifyLocal(err, "write the staging state")
 	}
@@ -1074,6 +1160,7 @@ func (ft *fetcher) fail(ctx context.Context, err error) error {
 	)
 	switch {
 	case errors.As(err, &he):
+		ft.unstage()
 		return he.err
 	case ctx.Err() != nil:
 		return fmt.Errorf("download: %w", ctx.Err())

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -402,6 +403,19 @@ func TestTransferringHookErrorAborts(t *testing.T) {
 	r := f.request(nil)
 	errNo := errors.New("no")
 	r.OnTransferring = func(Start) error { return errNo }
+	if _, err := Fetch(t.Context(), r); !errors.Is(err, errNo) {
+		t.Fatalf("error %v", err)
+	}
+	// The staging file this Fetch created is gone again: nothing was
+	// staged (a fenced agent leaves no empty file behind).
+	if _, err := f.root.Stat(tempName); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("staging file after a refused start: %v", err)
+	}
+
+	// A staging file that existed before is kept, with no byte written.
+	if err := f.root.WriteFile(tempName, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := Fetch(t.Context(), r); !errors.Is(err, errNo) {
 		t.Fatalf("error %v", err)
 	}
