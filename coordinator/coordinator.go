@@ -60,21 +60,42 @@ type Service struct {
 	projector *Projector
 	settings  jetstream.KeyValue
 	kick      chan struct{}
+
+	// The jobs read model's generations (projections.go): the pointer
+	// bucket, the generation queries read, this process's name in reader
+	// leases and locks, its lease on the current generation (owned by
+	// followProjection), and switches handed to runProjector.
+	projKV   jetstream.KeyValue
+	models   *modelSource
+	instance string
+	leases   leaseSet
+	handover chan *handover
 }
 
 // New assembles a coordinator on an event store and a JetStream context. It
 // creates the read-model bucket and the command stream if missing.
-func New(ctx context.Context, cfg Config, log zerolog.Logger, js jetstream.JetStream, store events.Store) (*Service, error) {
+func New(ctx context.Context, cfg Config, log zerolog.Logger, js jetstream.JetStream, store events.Store) (_ *Service, err error) {
 	if cfg.ReconcileInterval <= 0 {
 		cfg.ReconcileInterval = 15 * time.Second
 	}
 	if cfg.Auth == nil {
 		return nil, errors.New("coordinator: an authenticator is required")
 	}
-	kv, err := EnsureJobsBucket(ctx, js, 1)
+	projKV, err := EnsureProjectionsBucket(ctx, js)
 	if err != nil {
 		return nil, err
 	}
+	instance := newInstanceID()
+	clog := log.With().Str("component", "coordinator").Logger()
+	kv, ptr, lease, err := openJobsModel(ctx, js, projKV, instance, func(msg string) { clog.Warn().Msg(msg) })
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			lease.release(context.WithoutCancel(ctx))
+		}
+	}()
 	if _, err := dispatch.EnsureStream(ctx, js, dispatch.StreamOptions{}); err != nil {
 		return nil, err
 	}
@@ -82,12 +103,16 @@ func New(ctx context.Context, cfg Config, log zerolog.Logger, js jetstream.JetSt
 	if err != nil {
 		return nil, err
 	}
+	models := newModelSource(kv, ptr.Generation)
 	s := &Service{
-		cfg: cfg, log: log.With().Str("component", "coordinator").Logger(), js: js, store: store,
+		cfg: cfg, log: clog, js: js, store: store,
 		repo:      &jobstore.Repo{Store: store},
-		readModel: ReadModel{KV: kv}, settings: settings,
-		kick: make(chan struct{}, 1),
+		readModel: ReadModel{src: models}, settings: settings,
+		kick:   make(chan struct{}, 1),
+		projKV: projKV, models: models, instance: instance,
+		handover: make(chan *handover),
 	}
+	s.leases.add(lease)
 	s.projector = &Projector{Store: store, KV: kv, Log: s.log, OnApply: s.onApply}
 	// Writers start from the projected state and read only the events
 	// after it: long-lived jobs stay cheap to load.
@@ -105,6 +130,7 @@ func (s *Service) Run(parent context.Context) error {
 	g.Go(func() error { return s.reconcileLoop(ctx) })
 	g.Go(func() error { return s.agentLoop(ctx) })
 	g.Go(func() error { return s.deadDispatchLoop(ctx) })
+	g.Go(func() error { return s.followProjection(ctx) })
 	err := g.Wait()
 	if parent.Err() != nil {
 		return nil
@@ -115,18 +141,30 @@ func (s *Service) Run(parent context.Context) error {
 // runProjector keeps the projector running: a failure (a read-model write
 // timing out while JetStream elects a new leader, say) restarts it from its
 // saved position after a pause. Restarting is safe: its writes are
-// compare-and-set and events already applied are skipped.
+// compare-and-set and events already applied are skipped. A switch to a new
+// generation of the read model (handover) stops it, moves it and the
+// queries to the new bucket, and starts it again there.
 func (s *Service) runProjector(ctx context.Context) error {
 	backoff := 200 * time.Millisecond
 	for {
-		err := s.projector.Run(ctx)
+		run := startProjector(ctx, s.projector)
+		select {
+		case <-run.done:
+		case h := <-s.handover:
+			run.halt()
+			s.applyHandover(ctx, h)
+			backoff = 200 * time.Millisecond
+			continue
+		}
 		if ctx.Err() != nil {
 			return nil
 		}
-		s.log.Warn().Err(err).Dur("retry_in", backoff).Msg("projector stopped; restarting")
+		s.log.Warn().Err(run.err).Dur("retry_in", backoff).Msg("projector stopped; restarting")
 		select {
 		case <-ctx.Done():
 			return nil
+		case h := <-s.handover:
+			s.applyHandover(ctx, h)
 		case <-time.After(backoff):
 		}
 		backoff = min(backoff*2, 10*time.Second)

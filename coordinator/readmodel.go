@@ -19,7 +19,10 @@ import (
 
 // JobsBucket is the KV bucket of the jobs read model: one key per job ID
 // holding the job's state (its Version is the last applied sequence), plus
-// the projector's position under positionKey.
+// the projector's position under positionKey. It is the bucket of the
+// model's first generation; `ferry replay rebuild` builds later generations
+// in ferry_jobs_<n> and the pointer in ProjectionsBucket says which one
+// readers use (see projections.go).
 const JobsBucket = "ferry_jobs"
 
 // ProjectionName is the durable name of the jobs projection. A new version of
@@ -30,20 +33,34 @@ const positionKey = "_position"
 
 // EnsureJobsBucket creates or updates the read-model bucket.
 func EnsureJobsBucket(ctx context.Context, js jetstream.JetStream, replicas int) (jetstream.KeyValue, error) {
+	return ensureJobsBucketNamed(ctx, js, JobsBucket, 1, replicas)
+}
+
+// ensureJobsBucketNamed creates or updates the bucket of one generation of
+// the jobs read model.
+func ensureJobsBucketNamed(ctx context.Context, js jetstream.JetStream, bucket string, generation uint64, replicas int) (jetstream.KeyValue, error) {
+	kv, err := js.CreateOrUpdateKeyValue(ctx, jobsBucketConfig(bucket, generation, replicas))
+	if err != nil {
+		return nil, fmt.Errorf("coordinator: ensure bucket %s: %w", bucket, err)
+	}
+	return kv, nil
+}
+
+func jobsBucketConfig(bucket string, generation uint64, replicas int) jetstream.KeyValueConfig {
 	if replicas < 1 {
 		replicas = 1
 	}
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      JobsBucket,
-		Description: "ferry jobs read model (" + ProjectionName + ")",
+	desc := "ferry jobs read model (" + ProjectionName + ")"
+	if generation > 1 {
+		desc = fmt.Sprintf("ferry jobs read model (%s, generation %d)", ProjectionName, generation)
+	}
+	return jetstream.KeyValueConfig{
+		Bucket:      bucket,
+		Description: desc,
 		History:     1,
 		Storage:     jetstream.FileStorage,
 		Replicas:    replicas,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("coordinator: ensure bucket %s: %w", JobsBucket, err)
 	}
-	return kv, nil
 }
 
 // Projector keeps the KV read model up to date with the event log. Writes
@@ -182,6 +199,14 @@ func (p *Projector) savePosition(ctx context.Context, seq uint64) error {
 	return nil
 }
 
+// Applied returns the highest log sequence the projector has applied (or
+// skipped as not its own): the read model includes every job event up to it.
+func (p *Projector) Applied() uint64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.applied
+}
+
 func (p *Projector) advance(seq uint64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -198,33 +223,75 @@ func (p *Projector) advance(seq uint64) {
 // writes), or ctx ends.
 func (p *Projector) WaitFor(ctx context.Context, seq uint64) error {
 	for {
-		p.mu.Lock()
-		if p.applied >= seq {
-			p.mu.Unlock()
+		applied, next := p.progress()
+		if applied >= seq {
 			return nil
 		}
-		if p.waiters == nil {
-			p.waiters = make(chan struct{})
-		}
-		ch := p.waiters
-		p.mu.Unlock()
 		select {
-		case <-ch:
+		case <-next:
 		case <-ctx.Done():
 			return ctx.Err()
 		}
 	}
 }
 
-// ReadModel answers queries from the KV bucket.
-type ReadModel struct{ KV jetstream.KeyValue }
+// progress returns the sequence applied so far and a channel that closes
+// when it advances.
+func (p *Projector) progress() (uint64, <-chan struct{}) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.waiters == nil {
+		p.waiters = make(chan struct{})
+	}
+	return p.applied, p.waiters
+}
+
+// ReadModel answers queries from the KV bucket. ReadModel{KV: kv} reads
+// one bucket; the coordinator's own (Service.ReadModel) follows the jobs
+// projection from generation to generation: a rebuild switches it to a new
+// bucket between two queries, and the old bucket is not given up before the
+// queries that were using it have ended.
+type ReadModel struct {
+	KV jetstream.KeyValue
+
+	src *modelSource // nil: KV
+}
+
+// Generation returns the generation of the jobs projection the model reads
+// and its bucket (1 and KV's bucket for a fixed ReadModel{KV: kv}).
+func (m ReadModel) Generation() (uint64, string) {
+	if m.src == nil {
+		if m.KV == nil {
+			return 0, ""
+		}
+		return 1, m.KV.Bucket()
+	}
+	g, release := m.src.acquire()
+	defer release()
+	return g.gen, g.bucket
+}
+
+// kv returns the bucket to read and a function to call when done with it.
+func (m ReadModel) kv() (jetstream.KeyValue, func()) {
+	if m.src == nil {
+		return m.KV, func() {}
+	}
+	g, release := m.src.acquire()
+	return g.kv, release
+}
 
 // Get returns the projected state of one job.
 func (m ReadModel) Get(ctx context.Context, id string) (job.Job, bool, error) {
+	kv, release := m.kv()
+	defer release()
+	return getJob(ctx, kv, id)
+}
+
+func getJob(ctx context.Context, kv jetstream.KeyValue, id string) (job.Job, bool, error) {
 	if !events.ValidID(id) || strings.HasPrefix(id, "_") {
 		return job.Job{}, false, nil
 	}
-	e, err := m.KV.Get(ctx, id)
+	e, err := kv.Get(ctx, id)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return job.Job{}, false, nil
 	}
@@ -251,7 +318,9 @@ func (m ReadModel) Snapshot(ctx context.Context, id string) (job.Job, uint64, bo
 
 // List returns every job for which keep returns true, newest first.
 func (m ReadModel) List(ctx context.Context, keep func(*job.Job) bool) ([]job.Job, error) {
-	lister, err := m.KV.ListKeys(ctx)
+	kv, release := m.kv()
+	defer release()
+	lister, err := kv.ListKeys(ctx)
 	if err != nil {
 		if errors.Is(err, jetstream.ErrNoKeysFound) {
 			return []job.Job{}, nil
@@ -264,7 +333,7 @@ func (m ReadModel) List(ctx context.Context, keep func(*job.Job) bool) ([]job.Jo
 		if strings.HasPrefix(key, "_") {
 			continue
 		}
-		j, ok, err := m.Get(ctx, key)
+		j, ok, err := getJob(ctx, kv, key)
 		if err != nil {
 			return nil, err
 		}
@@ -279,4 +348,65 @@ func (m ReadModel) List(ctx context.Context, keep func(*job.Job) bool) ([]job.Jo
 		return out[a].ID > out[b].ID
 	})
 	return out, nil
+}
+
+// modelSource is the generation of the read model that queries use now. A
+// switch makes a new generation current; the old one is retired, and its
+// drained channel closes once the last query that acquired it released it.
+type modelSource struct {
+	mu  sync.Mutex
+	cur *modelGen
+}
+
+type modelGen struct {
+	kv      jetstream.KeyValue
+	gen     uint64
+	bucket  string
+	users   int  // queries using it (guarded by modelSource.mu)
+	retired bool // no longer current
+	drained chan struct{}
+}
+
+func newModelSource(kv jetstream.KeyValue, gen uint64) *modelSource {
+	return &modelSource{cur: &modelGen{kv: kv, gen: gen, bucket: kv.Bucket(), drained: make(chan struct{})}}
+}
+
+func (s *modelSource) acquire() (*modelGen, func()) {
+	s.mu.Lock()
+	g := s.cur
+	g.users++
+	s.mu.Unlock()
+	var once sync.Once
+	return g, func() {
+		once.Do(func() {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			g.users--
+			if g.retired && g.users == 0 {
+				close(g.drained)
+			}
+		})
+	}
+}
+
+// current returns the current generation without acquiring it.
+func (s *modelSource) current() *modelGen {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cur
+}
+
+// swap makes kv (generation gen) current and returns the generation it
+// replaces; wait on its drained channel before giving its bucket up.
+func (s *modelSource) swap(kv jetstream.KeyValue, gen uint64) *modelGen {
+	next := &modelGen{kv: kv, gen: gen, bucket: kv.Bucket(), drained: make(chan struct{})}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	old := s.cur
+	s.cur = next
+	old.retired = true
+	if old.users == 0 {
+		close(old.drained)
+	}
+	return old
 }
