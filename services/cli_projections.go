@@ -40,8 +40,8 @@ func (c *CLI) VerifyProjections(ctx context.Context, projection string) error {
 		}
 	}
 	return &ExitErr{Code: ExitMismatch, Err: fmt.Errorf(
-		"projection %s disagrees with a replay of the log (%d mismatching entries); `ferry replay rebuild --projection %s` rebuilds it from the log",
-		strings.Join(bad, ", "), n, bad[0])}
+		"projection %s disagrees with a replay of the log (%s); `ferry replay rebuild --projection %s` rebuilds it from the log",
+		strings.Join(bad, ", "), plural(n, "mismatching entry", "mismatching entries"), bad[0])}
 }
 
 func (c *CLI) printVerify(p coordinator.ProjectionVerify) {
@@ -54,7 +54,7 @@ func (c *CLI) printVerify(p coordinator.ProjectionVerify) {
 		fmt.Fprintf(c.Out, ": agree (%s)\n", durationText(p.DurationMS))
 		return
 	}
-	fmt.Fprintf(c.Out, ": %d MISMATCHES (%s)\n", len(p.Mismatches), durationText(p.DurationMS))
+	fmt.Fprintf(c.Out, ": %s (%s)\n", strings.ToUpper(plural(len(p.Mismatches), "mismatch", "mismatches")), durationText(p.DurationMS))
 	version := func(v uint64) string {
 		if v == 0 {
 			return "-"
@@ -133,6 +133,9 @@ func progressText(p coordinator.ProjectionProgress) string {
 	case "live":
 		return "waiting for the live projector: " + pos()
 	case "compare":
+		if p.Jobs == 0 {
+			return fmt.Sprintf("comparing with the live model at sequence %d", p.Target)
+		}
 		return fmt.Sprintf("comparing with the live model at sequence %d: %d entries", p.Target, p.Jobs)
 	}
 	return p.Phase
@@ -140,4 +143,11 @@ func progressText(p coordinator.ProjectionProgress) string {
 
 func durationText(ms int64) string {
 	return (time.Duration(ms) * time.Millisecond).Round(time.Millisecond).String()
+}
+
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return "1 " + one
+	}
+	return fmt.Sprintf("%d %s", n, many)
 }
