@@ -1092,11 +1092,13 @@ func fill(r io.Reader, p []byte) (n int, err error) {
 // hookError carries a hook's error through the classification untouched.
 type hookError struct{ err error }
 
-// unstage removes the staging file this call created when the caller's
-// hook refused the transfer before anything was staged in it: an agent that
-// lost the job while it was opening the file (paused, say, while the new
-// holder finished and completed it) leaves nothing behind. It still holds
-// the lock, and removes the file only if it is still the one at TempName.
+// unstage removes the staging file this call created when the call fails
+// before anything was staged in it (the hook refused the start, the context
+// ended, the request failed): an agent that lost the job while it opened
+// the file (paused, say, while the new holder finished and completed it,
+// so that it found no file and made a new one) leaves nothing behind. It
+// still holds the lock, and removes the file only if it is still the one at
+// TempName.
 func (ft *fetcher) unstage() {
 	if !ft.created || ft.saved || ft.pos != 0 || ft.file == nil {
 		return
@@ -1154,13 +1156,13 @@ func (ft *fetcher) fail(ctx context.Context, err error) error {
 			ft.log.Warn().Err(serr).Int64("bytes", ft.pos).Msg("could not save progress after a failed transfer")
 		}
 	}
+	ft.unstage()
 	var (
 		he *hookError
 		f  *Failure
 	)
 	switch {
 	case errors.As(err, &he):
-		ft.unstage()
 		return he.err
 	case ctx.Err() != nil:
 		return fmt.Errorf("download: %w", ctx.Err())

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io/fs"
+	"net/http"
 	"os"
 	"strings"
 	"sync"
@@ -122,5 +124,42 @@ func TestOneWriterPerStagingFile(t *testing.T) {
 	}
 	if rs := s.Ranges(); len(rs) != 2 || rs[1] != "bytes=250000-" {
 		t.Fatalf("Range headers %q, want a resume at %d", rs, stallAt)
+	}
+}
+
+// TestCreatedStagingFileRemovedOnFailure: a Fetch that made the staging
+// file and staged nothing in it leaves no file when it fails — refused by
+// the server, or its context ended (an agent that lost the job while it
+// waited for the file, and found it gone, completed by the new holder).
+func TestCreatedStagingFileRemovedOnFailure(t *testing.T) {
+	ca := newCA(t, "test CA")
+	arrived := make(chan struct{}, 1)
+	srv := tlsServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/gone" {
+			http.NotFound(w, r)
+			return
+		}
+		arrived <- struct{}{}
+		<-r.Context().Done() // no answer until the client leaves
+	}), ca.localhost(t), nil, false)
+	client := testClient(t, ClientOptions{RootCAs: ca.pool})
+	for _, tc := range []struct {
+		name string
+		path string
+	}{{"refused", "/gone"}, {"context ended", "/hang"}} {
+		t.Run(tc.name, func(t *testing.T) {
+			root, _ := testRoot(t)
+			ctx, cancel := context.WithCancel(t.Context())
+			defer cancel()
+			if tc.path == "/hang" {
+				go func() { <-arrived; cancel() }()
+			}
+			if _, err := Fetch(ctx, Request{URL: srv.URL + tc.path, Root: root, TempName: tempName, Client: client}); err == nil {
+				t.Fatal("Fetch succeeded")
+			}
+			if _, err := root.Stat(tempName); !errors.Is(err, fs.ErrNotExist) {
+				t.Fatalf("staging file after the failure: %v", err)
+			}
+		})
 	}
 }
