@@ -750,7 +750,10 @@ func (a *Agent) fenced(ctx context.Context, j *job.Job, log zerolog.Logger) {
 		return
 	}
 	log.Info().Str("state", string(cur.State)).Str("lease", cur.Agent).Msg("stopped: the agent no longer holds the job")
-	if cur.FilesAgent != a.cfg.ID && !a.cfg.SharedRoot {
+	// A job that is over (ACKNOWLEDGED, CANCELLED) has no staged files left
+	// to anyone: what this agent still wrote after it ended (on a shared
+	// root, after the new holder completed or cleaned up) goes as well.
+	if cur.State.Final() || cur.FilesAgent != a.cfg.ID && !a.cfg.SharedRoot {
 		a.discard(&cur, log)
 	}
 }
