@@ -399,7 +399,10 @@ func openJobsModel(ctx context.Context, js jetstream.JetStream, projKV jetstream
 		}
 		lease.release(ctx)
 	}
-	return nil, ProjectionPointer{}, nil, fmt.Errorf("coordinator: open read model: the projection pointer kept moving: %w", lastErr)
+	if lastErr != nil {
+		return nil, ProjectionPointer{}, nil, fmt.Errorf("coordinator: open read model: %w", lastErr)
+	}
+	return nil, ProjectionPointer{}, nil, errors.New("coordinator: open read model: the projection pointer kept moving")
 }
 
 // followProjection keeps this coordinator on the generation of the jobs
