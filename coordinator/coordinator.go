@@ -73,7 +73,9 @@ type Service struct {
 }
 
 // New assembles a coordinator on an event store and a JetStream context. It
-// creates the read-model bucket and the command stream if missing.
+// creates the read-model bucket (of the generation the projection pointer
+// names; projections.go), the pointer bucket and the command stream if
+// missing, and takes a reader lease on the read model it will serve.
 func New(ctx context.Context, cfg Config, log zerolog.Logger, js jetstream.JetStream, store events.Store) (_ *Service, err error) {
 	if cfg.ReconcileInterval <= 0 {
 		cfg.ReconcileInterval = 15 * time.Second
