@@ -619,6 +619,20 @@ while IFS=$'\t' read -r id name file; do
         else . end) | .bad[]' "$WORK/events.ndjson")
   [ -z "$fenced" ] || bad "job $name: $fenced"
 done <"$WORK/jobs.tsv"
+# The read model equals a fresh replay of the log, and a rebuild of it
+# switches the coordinator to a new generation without a mismatch.
+for what in "verify" "rebuild" "verify"; do
+  if out=$("$F" replay $what 2>&1); then
+    log "  replay $what: $(tail -n 1 <<<"$out")"
+  else
+    bad "ferry replay $what: $out"
+  fi
+done
+# The read model now lives in the rebuilt generation's bucket (named by the
+# pointer in ferry_projections); both must be R3 like everything else.
+gen=$(grep -o 'bucket ferry_jobs_[0-9]*' <<<"$out" | tail -n 1 | cut -d' ' -f2)
+[ -n "$gen" ] || bad "ferry replay verify after the rebuild names no new bucket: $out"
+STREAMS=("${STREAMS[@]/#KV_ferry_jobs/KV_$gen}" KV_ferry_projections)
 r3 >/dev/null || bad "streams are not R3 with every replica current"
 # No ferry role was refused anything by NATS: the permissions of
 # deploy/nats fit what ferry does (a new subject or bucket in ferry shows
@@ -642,6 +656,7 @@ cluster test passed in $(secs "$T_START" "$T_END") s (cluster healthy $(secs "$T
                half from the origin's mutual-TLS port with a certvault-released client certificate
   checks:      every SHA-256 right in the job and on the agent's disk ($checked_disk files), exactly one
                JobTransferred per job, no event from an agent without the lease, streams R3 and current,
+               read model == replay (ferry replay verify, rebuild, verify),
                no NATS permissions violation by any ferry role; no BG_E_NOT_FOUND for a job just
                created, no job in ERROR or CANCELLED
   permissions: agent1 cannot publish ferry.cmd.* (nothing reached FERRY_CMDS), nor read agent2's
