@@ -228,3 +228,59 @@ func TestUnknownEventStopsReplay(t *testing.T) {
 		t.Fatalf("state before the unknown event: %v", err)
 	}
 }
+
+// TestTimelineLeaseFields: a JobLeased that records previous_agent and
+// deliveries is explained by them; one recorded before those fields (the
+// golden histories, checked in TestTimelineEntries) by the state.
+func TestTimelineLeaseFields(t *testing.T) {
+	evs := append([]events.Event(nil), golden(t, 1, 1)["suspend-preempt-complete-failed"]...)
+	const at = 18 // seq 19: host-b takes over from host-a's attempt 3
+	old, err := evs[at].Payload()
+	if err != nil {
+		t.Fatal(err)
+	}
+	lease := *old.(*events.JobLeased)
+	for _, tc := range []struct {
+		name             string
+		previous         string
+		deliveries       int
+		want, wantAbsent []string
+		wantDeliveries   int
+	}{
+		{"first delivery, from the event", "host-a", 1, []string{"takes over from agent host-a (attempt 3)"}, []string{"delivery"}, 0},
+		{"redelivered", "host-a", 3, []string{"delivery 3 of the dispatch", "takes over from agent host-a (attempt 3)"}, nil, 3},
+		// The event's own word wins over what the state suggests.
+		{"the event names the agent", "host-c", 2, []string{"takes over from agent host-c (attempt 3)", "delivery 2"}, []string{"from agent host-a"}, 2},
+		{"deliveries unknown", "host-a", 0, []string{"takes over from agent host-a"}, []string{"delivery"}, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := lease
+			p.PreviousAgent, p.Deliveries = tc.previous, tc.deliveries
+			ev, err := events.New(events.KindJob, evs[at].AggregateID, events.Meta{Time: evs[at].Time, Actor: evs[at].Actor}, &p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ev.ID, ev.Seq = evs[at].ID, evs[at].Seq
+			h := append([]events.Event(nil), evs...)
+			h[at] = ev
+			r, err := history.Build(h, history.Point{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			e := r.Timeline[at]
+			for _, s := range tc.want {
+				if !strings.Contains(e.Summary, s) {
+					t.Errorf("summary %q lacks %q", e.Summary, s)
+				}
+			}
+			for _, s := range tc.wantAbsent {
+				if strings.Contains(e.Summary, s) {
+					t.Errorf("summary %q has %q", e.Summary, s)
+				}
+			}
+			if e.Deliveries != tc.wantDeliveries || e.Agent != "host-b" || e.Attempt != 4 {
+				t.Errorf("deliveries %d, agent %s, attempt %d; want %d, host-b, 4", e.Deliveries, e.Agent, e.Attempt, tc.wantDeliveries)
+			}
+		})
+	}
+}

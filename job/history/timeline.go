@@ -54,6 +54,11 @@ type Entry struct {
 	Cause *events.ErrorInfo `json:"cause,omitempty"`
 	// ErrorCount is the job's error count after the event.
 	ErrorCount int `json:"error_count,omitempty"`
+	// Deliveries is, for a JobLeased whose dispatch JetStream delivered
+	// more than once (redelivered after AckWait or a hand back), the
+	// delivery count the agent recorded; absent for a first delivery or
+	// when unknown.
+	Deliveries int `json:"deliveries,omitempty"`
 }
 
 // timeline carries what entries need across events.
@@ -124,8 +129,12 @@ func (tl *timeline) describe(e *Entry, before, after *job.Job, p events.Payload)
 	case *events.JobLeased:
 		e.Agent, e.Attempt = x.Agent, x.Attempt
 		s := fmt.Sprintf("leased by agent %s, attempt %d (dispatched at sequence %d)", x.Agent, x.Attempt, x.DispatchSeq)
-		if before.Agent != "" && before.Agent != x.Agent {
-			s += fmt.Sprintf("; it takes over from agent %s (attempt %d)", before.Agent, before.Attempt)
+		if x.Deliveries > 1 {
+			e.Deliveries = x.Deliveries
+			s += fmt.Sprintf(", delivery %d of the dispatch", x.Deliveries)
+		}
+		if prev := previousAgent(x, before); prev != "" {
+			s += fmt.Sprintf("; it takes over from agent %s (attempt %d)", prev, before.Attempt)
 		}
 		if before.FilesAgent != "" && before.FilesAgent != x.Agent {
 			s += "; the staged files were on " + before.FilesAgent + ", so every file starts again"
@@ -220,6 +229,20 @@ func (tl *timeline) describe(e *Entry, before, after *job.Job, p events.Payload)
 		return fmt.Sprintf("ownership taken by %s (was %s)", x.To, x.From)
 	}
 	return e.Type
+}
+
+// previousAgent is the agent a lease takes the job over from, or "". The
+// event says so itself (previous_agent); a JobLeased recorded before that
+// field existed does not, and then it is the holder the state names, the
+// same rule job.Decide applies when it writes the field.
+func previousAgent(x *events.JobLeased, before *job.Job) string {
+	if x.PreviousAgent != "" {
+		return x.PreviousAgent
+	}
+	if before.Agent != "" && before.Agent != x.Agent {
+		return before.Agent
+	}
+	return ""
 }
 
 func modifiedText(x *events.JobModified) string {
