@@ -19,6 +19,7 @@ import (
 	"github.com/ferry-dev/ferry/events"
 	"github.com/ferry-dev/ferry/job"
 	"github.com/ferry-dev/ferry/job/dispatch"
+	"github.com/ferry-dev/ferry/job/history"
 )
 
 // Exit codes of the CLI.
@@ -126,7 +127,7 @@ func (c *CLI) PrintJob(j job.Job) {
 		fmt.Fprintf(tw, "Transferred\t%s\n", t.Local().Format(time.RFC3339))
 	}
 	fmt.Fprintf(tw, "Retry policy\tminimum retry delay %ds, no-progress timeout %ds, max download time %s\n",
-		j.RetryPolicy.MinimumRetryDelaySec, j.RetryPolicy.NoProgressTimeoutSec, secondsText(j.RetryPolicy.MaxDownloadTimeSec))
+		j.RetryPolicy.MinimumRetryDelaySec, j.RetryPolicy.NoProgressTimeoutSec, history.SecondsText(j.RetryPolicy.MaxDownloadTimeSec))
 	if opts := optionsText(j.Options); opts != "" {
 		fmt.Fprintf(tw, "Options\t%s\n", opts)
 	}
@@ -151,13 +152,6 @@ func (c *CLI) PrintJob(j job.Job) {
 		}
 		fmt.Fprintf(c.Out, "  %s [%d] %s -> %s  %s\n", mark, i, f.RemoteURL, f.LocalName, bytesText(f.BytesTransferred, f.BytesTotal))
 	}
-}
-
-func secondsText(s int64) string {
-	if s <= 0 {
-		return "none"
-	}
-	return (time.Duration(s) * time.Second).String()
 }
 
 // optionsText summarizes the options that differ from the defaults. Custom
@@ -325,16 +319,16 @@ func describe(j *job.Job, ev *events.Event) string {
 	case *events.JobConnecting:
 		return fmt.Sprintf("connecting for file %d: %s", e.FileIndex, j.Files[e.FileIndex].RemoteURL)
 	case *events.JobTransferring:
-		s := fmt.Sprintf("file %d: %s", e.FileIndex, sizeText(e.BytesTotal))
+		s := fmt.Sprintf("file %d: %s", e.FileIndex, history.SizeText(e.BytesTotal))
 		if e.Offset > 0 {
-			s += fmt.Sprintf(", resuming at %s", sizeText(e.Offset))
+			s += fmt.Sprintf(", resuming at %s", history.SizeText(e.Offset))
 		}
 		if e.Restarted != "" {
 			s += ", restarted from zero: " + e.Restarted
 		}
 		return s
 	case *events.FileTransferred:
-		return fmt.Sprintf("file %d staged: %s, sha256 %s", e.FileIndex, sizeText(e.Bytes), e.SHA256)
+		return fmt.Sprintf("file %d staged: %s, sha256 %s", e.FileIndex, history.SizeText(e.Bytes), e.SHA256)
 	case *events.JobTransferred:
 		return "all files transferred"
 	case *events.JobTransientError:
@@ -375,31 +369,15 @@ func pendingText(j *job.Job) string {
 	return ""
 }
 
-func sizeText(n int64) string {
-	if n < 0 {
-		return "size unknown"
-	}
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
-}
-
 func bytesText(done, total int64) string {
 	if total < 0 {
-		return sizeText(done) + " / ?"
+		return history.SizeText(done) + " / ?"
 	}
 	pct := 100.0
 	if total > 0 {
 		pct = float64(done) * 100 / float64(total)
 	}
-	return fmt.Sprintf("%s / %s (%.0f%%)", sizeText(done), sizeText(total), pct)
+	return fmt.Sprintf("%s / %s (%.0f%%)", history.SizeText(done), history.SizeText(total), pct)
 }
 
 // TransferOptions tune `ferry transfer`.
@@ -543,7 +521,7 @@ func (c *CLI) PrintAgents(r coordinator.AgentsResponse) {
 		for _, a := range r.Agents {
 			free := "?"
 			if a.FreeBytes >= 0 {
-				free = sizeText(a.FreeBytes)
+				free = history.SizeText(a.FreeBytes)
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s ago\t%s\t%s\n", a.ID, a.Pool, a.Slots, a.Running, free,
 				max(now.Sub(a.LastSeen), 0).Round(time.Second), a.State, a.Version)

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/ferry-dev/ferry/events"
+	"github.com/ferry-dev/ferry/job/history"
 )
 
 // EventLine is one line of `ferry events tail -o json` (NDJSON): the event
@@ -53,7 +54,7 @@ func EventText(ev *events.Event) string {
 }
 
 // principalText drops the spiffe://<trust-domain>/ of a principal:
-// "user/alice", "agent/host-a".
+// "user/alice", "agent/host-a". Anything else stays as it is.
 func principalText(p string) string {
 	if rest, ok := strings.CutPrefix(p, "spiffe://"); ok {
 		if _, path, ok := strings.Cut(rest, "/"); ok {
@@ -124,9 +125,9 @@ func eventSummary(ev *events.Event) string {
 	case *events.JobConnecting:
 		return fmt.Sprintf("agent %s, file %d", e.Agent, e.FileIndex)
 	case *events.JobTransferring:
-		s := fmt.Sprintf("agent %s, file %d, %s", e.Agent, e.FileIndex, sizeText(e.BytesTotal))
+		s := fmt.Sprintf("agent %s, file %d, %s", e.Agent, e.FileIndex, history.SizeText(e.BytesTotal))
 		if e.Offset > 0 {
-			s += ", from " + sizeText(e.Offset)
+			s += ", from " + history.SizeText(e.Offset)
 		}
 		if e.Restarted != "" {
 			s += ", restarted: " + e.Restarted
@@ -135,7 +136,7 @@ func eventSummary(ev *events.Event) string {
 	case *events.FileProgressed:
 		return fmt.Sprintf("file %d: %s", e.FileIndex, bytesText(e.BytesTransferred, e.BytesTotal))
 	case *events.FileTransferred:
-		return fmt.Sprintf("file %d: %s, sha256 %s", e.FileIndex, sizeText(e.Bytes), e.SHA256)
+		return fmt.Sprintf("file %d: %s, sha256 %s", e.FileIndex, history.SizeText(e.Bytes), e.SHA256)
 	case *events.JobTransferred:
 		return ""
 	case *events.JobTransientError:

@@ -93,24 +93,13 @@ func (c *CLI) PrintTimeline(entries []history.Entry) {
 		if agent != "" && e.Attempt > 0 {
 			agent += fmt.Sprintf(" #%d", e.Attempt)
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", e.Seq, timeText(e.Time), state, shortPrincipal(e.Actor), orDash(agent), e.Summary)
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", e.Seq, timeText(e.Time), state, orDash(principalText(e.Actor)), orDash(agent), e.Summary)
 	}
 	tw.Flush()
 }
 
 // timeText is a time for people that --at reads back.
 func timeText(t time.Time) string { return t.Local().Format("2006-01-02T15:04:05.000Z07:00") }
-
-// shortPrincipal drops the scheme and trust domain of a SPIFFE ID
-// (spiffe://ferry.dev/user/alice is user/alice).
-func shortPrincipal(p string) string {
-	if rest, ok := strings.CutPrefix(p, "spiffe://"); ok {
-		if _, path, ok := strings.Cut(rest, "/"); ok {
-			return path
-		}
-	}
-	return orDash(p)
-}
 
 // Export writes the event log to w and says on c.Err how many events.
 func (c *CLI) Export(ctx context.Context, w io.Writer, o ExportOptions) error {

@@ -3,7 +3,9 @@
 // or at a time) and its timeline, one entry per event saying who did what,
 // on which agent and attempt, how the state moved, and for failures and
 // retries their cause. It also owns the line format of event exports
-// (NDJSON: one stored envelope per line with its sequence and subject).
+// (NDJSON: one stored envelope per line with its sequence and subject),
+// and the words for sizes and durations its timeline uses (SizeText,
+// SecondsText), which the CLI shares.
 //
 // It is pure like the job model: it folds events with job.Evolve, does no
 // I/O beyond reading the io.Reader it is handed, and reads no clock. It

@@ -93,7 +93,7 @@ func (tl *timeline) describe(e *Entry, before, after *job.Job, p events.Payload)
 	case *events.JobCreated:
 		rp := x.RetryPolicy
 		return fmt.Sprintf("created %q for %s: priority %s, pool %s, minimum retry delay %s, no-progress timeout %s",
-			x.DisplayName, x.Owner, x.Priority, x.Pool, seconds(rp.MinimumRetryDelaySec), seconds(rp.NoProgressTimeoutSec))
+			x.DisplayName, x.Owner, x.Priority, x.Pool, SecondsText(rp.MinimumRetryDelaySec), SecondsText(rp.NoProgressTimeoutSec))
 	case *events.FilesAdded:
 		if len(x.Files) == 1 {
 			return fmt.Sprintf("file %d added: %s -> %s", len(after.Files)-1, x.Files[0].RemoteURL, x.Files[0].LocalName)
@@ -145,9 +145,9 @@ func (tl *timeline) describe(e *Entry, before, after *job.Job, p events.Payload)
 		return fmt.Sprintf("connecting for file %d: %s", x.FileIndex, fileURL(after, x.FileIndex))
 	case *events.JobTransferring:
 		e.Agent, e.Reason = x.Agent, x.Restarted
-		s := fmt.Sprintf("transferring file %d: %s", x.FileIndex, sizeText(x.BytesTotal))
+		s := fmt.Sprintf("transferring file %d: %s", x.FileIndex, SizeText(x.BytesTotal))
 		if x.Offset > 0 {
-			s += ", resuming at " + sizeText(x.Offset)
+			s += ", resuming at " + SizeText(x.Offset)
 		}
 		if x.Restarted != "" {
 			s += ", restarted from zero: " + x.Restarted
@@ -156,9 +156,9 @@ func (tl *timeline) describe(e *Entry, before, after *job.Job, p events.Payload)
 	case *events.FileProgressed:
 		return fmt.Sprintf("file %d: %s staged", x.FileIndex, bytesText(x.BytesTransferred, x.BytesTotal))
 	case *events.FileTransferred:
-		return fmt.Sprintf("file %d staged: %s, sha256 %s", x.FileIndex, sizeText(x.Bytes), x.SHA256)
+		return fmt.Sprintf("file %d staged: %s, sha256 %s", x.FileIndex, SizeText(x.Bytes), x.SHA256)
 	case *events.JobTransferred:
-		return fmt.Sprintf("%s transferred (%s)", files(after.Progress.FilesTotal), sizeText(after.Progress.BytesTransferred))
+		return fmt.Sprintf("%s transferred (%s)", files(after.Progress.FilesTotal), SizeText(after.Progress.BytesTransferred))
 	case *events.JobTransientError:
 		ei := x.Error
 		e.Error = &ei
@@ -258,7 +258,7 @@ func modifiedText(x *events.JobModified) string {
 	}
 	if rp := x.RetryPolicy; rp != nil {
 		parts = append(parts, fmt.Sprintf("retry policy (minimum retry delay %s, no-progress timeout %s, max download time %s)",
-			seconds(rp.MinimumRetryDelaySec), seconds(rp.NoProgressTimeoutSec), seconds(rp.MaxDownloadTimeSec)))
+			SecondsText(rp.MinimumRetryDelaySec), SecondsText(rp.NoProgressTimeoutSec), SecondsText(rp.MaxDownloadTimeSec)))
 	}
 	if o := x.Options; o != nil {
 		s := "options"
@@ -310,14 +310,19 @@ func orUnknown(s string) string {
 	return s
 }
 
-func seconds(s int64) string {
+// SecondsText is a whole number of seconds for people: "1m30s", or "none"
+// for 0 or less (a limit that is off). The CLI's job view uses it too.
+func SecondsText(s int64) string {
 	if s <= 0 {
 		return "none"
 	}
 	return (time.Duration(s) * time.Second).String()
 }
 
-func sizeText(n int64) string {
+// SizeText is a byte count for people in binary units ("512 B", "1.5
+// MiB"), or "size unknown" for a negative count. The CLI's job views and
+// event lines use it too, so a size reads the same everywhere.
+func SizeText(n int64) string {
 	if n < 0 {
 		return "size unknown"
 	}
@@ -335,7 +340,7 @@ func sizeText(n int64) string {
 
 func bytesText(done, total int64) string {
 	if total < 0 {
-		return sizeText(done) + " of ?"
+		return SizeText(done) + " of ?"
 	}
-	return sizeText(done) + " of " + sizeText(total)
+	return SizeText(done) + " of " + SizeText(total)
 }
