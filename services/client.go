@@ -1,7 +1,6 @@
 package services
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -12,7 +11,6 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
@@ -205,29 +203,11 @@ func (c *Client) SetBandwidth(ctx context.Context, pool string, b dispatch.Bandw
 // Last-Event-ID when the connection drops, until fn returns an error (which
 // Events returns; ErrStop ends it cleanly) or ctx ends.
 func (c *Client) Events(ctx context.Context, id string, after uint64, fn func(events.Event) error) error {
-	backoff := 100 * time.Millisecond
-	for {
-		err := c.streamOnce(ctx, id, &after, fn)
-		if errors.Is(err, ErrStop) {
-			return nil
-		}
-		var apiErr *APIError
-		if ctx.Err() != nil || errors.As(err, &apiErr) || (err != nil && !isTransport(err)) {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(backoff):
-		}
-		backoff = min(backoff*2, 5*time.Second)
-	}
+	return c.followEvents(ctx, "/v1/jobs/"+url.PathEscape(id)+"/events", after, fn)
 }
 
-// ErrStop, returned by an Events callback, ends the stream without error.
+// ErrStop, returned by an Events or EventLog callback, ends the stream
+// without error.
 var ErrStop = errors.New("stop")
 
 type transportError struct{ error }
@@ -237,55 +217,6 @@ func (e transportError) Unwrap() error { return e.error }
 func isTransport(err error) bool {
 	var t transportError
 	return err == nil || errors.As(err, &t)
-}
-
-func (c *Client) streamOnce(ctx context.Context, id string, after *uint64, fn func(events.Event) error) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.BaseURL+"/v1/jobs/"+url.PathEscape(id)+"/events", nil)
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Accept", "text/event-stream")
-	if *after > 0 {
-		req.Header.Set("Last-Event-ID", strconv.FormatUint(*after, 10))
-	}
-	resp, err := c.HTTP.Do(req)
-	if err != nil {
-		return transportError{err}
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return decodeProblem(resp)
-	}
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 4<<20)
-	var seq uint64
-	var data []byte
-	for sc.Scan() {
-		line := sc.Bytes()
-		switch {
-		case len(line) == 0:
-			if data != nil {
-				ev, err := events.Unmarshal(data)
-				if err != nil {
-					return err
-				}
-				ev.Seq = seq
-				if err := fn(ev); err != nil {
-					return err
-				}
-				*after = seq
-			}
-			data = nil
-		case bytes.HasPrefix(line, []byte("id: ")):
-			seq, _ = strconv.ParseUint(string(line[4:]), 10, 64)
-		case bytes.HasPrefix(line, []byte("data: ")):
-			data = append(data[:0:0], line[6:]...)
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return transportError{err}
-	}
-	return transportError{io.ErrUnexpectedEOF}
 }
 
 // Agents lists the agent registry: administrators get every agent, users

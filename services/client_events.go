@@ -58,10 +58,19 @@ func (q EventQuery) values() url.Values {
 // it returns). A connection that drops is resumed right after the last
 // event with Last-Event-ID, so nothing is missed or shown twice.
 func (c *Client) EventLog(ctx context.Context, q EventQuery, fn func(events.Event) error) error {
-	var after uint64
+	return c.followEvents(ctx, "/v1/events?"+q.values().Encode(), 0, fn)
+}
+
+// followEvents reads the event stream at path (GET /v1/events, or a job's
+// GET /v1/jobs/{id}/events) from after sequence after, reconnecting with
+// Last-Event-ID and a growing backoff whenever the connection drops. It
+// returns nil at the stream's "end" event or when fn returns ErrStop,
+// ctx's error when ctx ends, and any other error of fn or of the
+// coordinator (a problem document) as it is.
+func (c *Client) followEvents(ctx context.Context, path string, after uint64, fn func(events.Event) error) error {
 	backoff := 100 * time.Millisecond
 	for {
-		err := c.eventLogOnce(ctx, q, &after, fn)
+		err := c.eventsOnce(ctx, path, &after, fn)
 		switch {
 		case err == nil, errors.Is(err, ErrStop):
 			return nil
@@ -79,10 +88,11 @@ func (c *Client) EventLog(ctx context.Context, q EventQuery, fn func(events.Even
 	}
 }
 
-// eventLogOnce reads one response. It returns nil after the stream's "end"
-// event and a transportError when the response ends without one.
-func (c *Client) eventLogOnce(ctx context.Context, q EventQuery, after *uint64, fn func(events.Event) error) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.BaseURL+"/v1/events?"+q.values().Encode(), nil)
+// eventsOnce reads one response, moving *after past every event fn took.
+// It returns nil after the stream's "end" event and a transportError when
+// the response ends without one.
+func (c *Client) eventsOnce(ctx context.Context, path string, after *uint64, fn func(events.Event) error) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.BaseURL+path, nil)
 	if err != nil {
 		return err
 	}
