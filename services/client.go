@@ -97,38 +97,57 @@ func (c *Client) Ping(ctx context.Context) error {
 }
 
 func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
-	var body io.Reader
-	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
-			return err
-		}
-		body = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, c.BaseURL+path, body)
+	resp, err := c.sendJSON(ctx, method, path, "application/json", in)
 	if err != nil {
-		return err
-	}
-	if in != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	req.Header.Set("Accept", "application/json")
-	resp, err := c.HTTP.Do(req)
-	if err != nil {
-		if ctx.Err() == nil {
-			return fmt.Errorf("no coordinator answers at %s (from %s): is it running? (%w)", c.BaseURL, c.Source, err)
-		}
 		return err
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode >= 300 {
-		return decodeProblem(resp)
-	}
 	if out == nil {
 		_, _ = io.Copy(io.Discard, resp.Body)
 		return nil
 	}
 	return json.NewDecoder(resp.Body).Decode(out)
+}
+
+// sendJSON sends a request to path with in, unless nil, as its JSON body
+// and accept as its Accept header. It returns the response when the status
+// is below 300 (the caller closes its body), else the coordinator's problem.
+func (c *Client) sendJSON(ctx context.Context, method, path, accept string, in any) (*http.Response, error) {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return nil, err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.BaseURL+path, body)
+	if err != nil {
+		return nil, err
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	req.Header.Set("Accept", accept)
+	resp, err := c.send(req)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode >= 300 {
+		defer resp.Body.Close()
+		return nil, decodeProblem(resp)
+	}
+	return resp, nil
+}
+
+// send does req, saying where the coordinator was looked for when none
+// answers.
+func (c *Client) send(req *http.Request) (*http.Response, error) {
+	resp, err := c.HTTP.Do(req)
+	if err != nil && req.Context().Err() == nil {
+		return nil, fmt.Errorf("no coordinator answers at %s (from %s): is it running? (%w)", c.BaseURL, c.Source, err)
+	}
+	return resp, err
 }
 
 func decodeProblem(resp *http.Response) error {

@@ -40,27 +40,11 @@ func (c *Client) RebuildProjection(ctx context.Context, name string, req coordin
 // longOp posts in to path asking for a progress stream, and decodes the
 // result into out.
 func (c *Client) longOp(ctx context.Context, path string, in any, progress func(coordinator.ProjectionProgress), out any) error {
-	b, err := json.Marshal(in)
+	resp, err := c.sendJSON(ctx, http.MethodPost, path, coordinator.NDJSON+", application/json", in)
 	if err != nil {
-		return err
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.BaseURL+path, bytes.NewReader(b))
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Accept", coordinator.NDJSON+", application/json")
-	resp, err := c.HTTP.Do(req)
-	if err != nil {
-		if ctx.Err() == nil {
-			return fmt.Errorf("no coordinator answers at %s (from %s): is it running? (%w)", c.BaseURL, c.Source, err)
-		}
 		return err
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode >= 300 {
-		return decodeProblem(resp)
-	}
 	if mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type")); mt != coordinator.NDJSON {
 		return json.NewDecoder(resp.Body).Decode(out)
 	}

@@ -110,13 +110,3 @@ func (c *Client) Import(ctx context.Context, r io.Reader) (coordinator.ImportRes
 	}
 	return res, json.NewDecoder(resp.Body).Decode(&res)
 }
-
-// send does req, saying where the coordinator was looked for when none
-// answers.
-func (c *Client) send(req *http.Request) (*http.Response, error) {
-	resp, err := c.HTTP.Do(req)
-	if err != nil && req.Context().Err() == nil {
-		return nil, fmt.Errorf("no coordinator answers at %s (from %s): is it running? (%w)", c.BaseURL, c.Source, err)
-	}
-	return resp, err
-}
