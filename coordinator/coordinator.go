@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/ferry-dev/ferry/certvault/identity"
@@ -70,6 +71,10 @@ type Service struct {
 	instance string
 	leases   leaseSet
 	handover chan *handover
+
+	// registry is a recent copy of the agent registry's member list, for
+	// finding jobs held by agents that are gone (orphaned).
+	registry registryCache
 }
 
 // New assembles a coordinator on an event store and a JetStream context. It
@@ -224,6 +229,15 @@ func (s *Service) exec(ctx context.Context, id string, c job.Command, principal 
 // will publish it later (an accepted command is never lost).
 func (s *Service) publishFor(ctx context.Context, j *job.Job) {
 	subject, cmd, ok := commandFor(j, time.Now())
+	if !ok && s.orphaned(ctx, j) {
+		// The safety net under the redelivery of dispatches: a job held
+		// by an agent that left the registry gets a new dispatch. While
+		// the holder's dispatch is still in FERRY_CMDS (held, or waiting
+		// for its AckWait to pass) the publish is refused (ErrPending) and
+		// redelivery does the work; if that dispatch is gone — acked by
+		// mistake, lost with a crash — this one brings the job back.
+		subject, cmd, ok = takeoverCommand(j)
+	}
 	if !ok {
 		return
 	}
@@ -257,6 +271,50 @@ func commandFor(j *job.Job, now time.Time) (string, dispatch.Command, bool) {
 		return dispatch.PoolSubject(j.Pool, j.ID), c, true
 	}
 	return "", c, false
+}
+
+// takeoverCommand is the transfer dispatch of an active job whose holder is
+// gone: the next lease takes the job over.
+func takeoverCommand(j *job.Job) (string, dispatch.Command, bool) {
+	c := dispatch.Command{JobID: j.ID, JobSeq: j.Version, Kind: dispatch.KindTransfer}
+	if j.TargetAgent != "" {
+		return dispatch.AgentSubject(j.TargetAgent, j.ID), c, true
+	}
+	return dispatch.PoolSubject(j.Pool, j.ID), c, true
+}
+
+// registryCache holds the IDs of the agents in the registry, read at most
+// every registryMaxAge.
+type registryCache struct {
+	mu    sync.Mutex
+	at    time.Time
+	alive map[string]bool
+}
+
+const registryMaxAge = 5 * time.Second
+
+// orphaned reports whether j is held by an agent that is not in the agent
+// registry (its heartbeats stopped: dead, hung, cut off). A registry that
+// cannot be read orphans nothing.
+func (s *Service) orphaned(ctx context.Context, j *job.Job) bool {
+	if !j.State.Active() || j.Agent == "" || j.PendingComplete {
+		return false
+	}
+	r := &s.registry
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.alive == nil || time.Since(r.at) > registryMaxAge {
+		entries, err := s.agentEntries(ctx)
+		if err != nil {
+			s.log.Warn().Err(err).Msg("agent registry unreadable: no orphaned jobs re-dispatched this time")
+			return false
+		}
+		r.alive, r.at = make(map[string]bool, len(entries)), time.Now()
+		for _, e := range entries {
+			r.alive[e.ID] = true
+		}
+	}
+	return !r.alive[j.Agent]
 }
 
 // reconcileLoop re-publishes commands that a crash between "event stored"
