@@ -1,6 +1,7 @@
 package services
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -16,6 +17,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -60,14 +62,43 @@ func issue(t *testing.T, ca *identity.CA, role identity.Role, name string, ips .
 	return c
 }
 
-// TestVaultLookup: the coordinator's certvault client, against certvault's
-// real HTTPS server. An owner's own stores are read through their admin
-// address when the coordinator is an admin in certvault; the owner's rights
-// are applied first; shared stores need nothing; by-subject lookups are
-// not available.
-func TestVaultLookup(t *testing.T) {
+// syncLog is a log sink for concurrent writers.
+type syncLog struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *syncLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *syncLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// separateVault is certvault's real HTTPS server (vaultServer) on loopback,
+// as `ferry certvault run` serves it, with its own CA and trust domain.
+type separateVault struct {
+	vault *certvault.Vault
+	js    jetstream.JetStream
+	url   string
+	ca    *identity.CA
+	log   *syncLog
+}
+
+// vaultTrustDomain is the trust domain of a separateVault's CA.
+const vaultTrustDomain = "vaultclient.test"
+
+// startSeparateVault starts a separateVault whose roles map gives the
+// principals of overrides their role; the others have the role their
+// SPIFFE ID names.
+func startSeparateVault(t *testing.T, overrides map[string]identity.Role) *separateVault {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	_, _, js := eventstest.StartServer(t)
 	if err := events.EnsureStream(ctx, js, events.StreamOptions{}); err != nil {
 		t.Fatal(err)
@@ -82,17 +113,14 @@ func TestVaultLookup(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ca, err := identity.NewCA("lookup.test")
+	ca, err := identity.NewCA(vaultTrustDomain)
 	if err != nil {
 		t.Fatal(err)
 	}
-	td := ca.TrustDomain()
-	principal := func(r identity.Role, n string) string {
-		return identity.SPIFFEID{TrustDomain: td, Role: r, Name: n}.String()
-	}
-	auth := &identity.Authenticator{Roots: ca.Pool(), Roles: identity.RoleMap{TrustDomain: td,
-		Overrides: map[string]identity.Role{principal(identity.RoleService, "coordinator"): identity.RoleAdmin}}}
-	vault, srv, err := vaultServer(ctx, js, store, keyring, auth, issue(t, ca, identity.RoleService, "certvault", net.IPv4(127, 0, 0, 1)), zerolog.Nop())
+	auth := &identity.Authenticator{Roots: ca.Pool(), Roles: identity.RoleMap{TrustDomain: ca.TrustDomain(), Overrides: overrides}}
+	logs := &syncLog{}
+	vault, srv, err := vaultServer(ctx, js, store, keyring, auth, issue(t, ca, identity.RoleService, "certvault", net.IPv4(127, 0, 0, 1)),
+		zerolog.New(logs).Level(zerolog.TraceLevel))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,8 +130,29 @@ func TestVaultLookup(t *testing.T) {
 	}
 	done := make(chan error, 1)
 	go func() { done <- serve(ctx, srv, ln, srv.TLSConfig) }()
-	defer func() { cancel(); <-done }()
-	url := "https://" + ln.Addr().String()
+	t.Cleanup(func() { cancel(); <-done })
+	return &separateVault{vault: vault, js: js, url: "https://" + ln.Addr().String(), ca: ca, log: logs}
+}
+
+func (s *separateVault) principal(r identity.Role, name string) string {
+	return identity.SPIFFEID{TrustDomain: s.ca.TrustDomain(), Role: r, Name: name}.String()
+}
+
+// client is a VaultClient with the identity role/name of the vault's CA.
+func (s *separateVault) client(t *testing.T, role identity.Role, name string) *VaultClient {
+	return NewVaultClient(s.url, identity.ClientTLSConfig(issue(t, s.ca, role, name), s.ca.Pool()))
+}
+
+// TestVaultLookup: the coordinator's certvault client, against certvault's
+// real HTTPS server. An owner's own stores are read through their admin
+// address when the coordinator is an admin in certvault; the owner's rights
+// are applied first; shared stores need nothing; by-subject lookups are
+// not available.
+func TestVaultLookup(t *testing.T) {
+	ctx := context.Background()
+	sv := startSeparateVault(t, map[string]identity.Role{
+		identity.SPIFFEID{TrustDomain: vaultTrustDomain, Role: identity.RoleService, Name: "coordinator"}.String(): identity.RoleAdmin})
+	vault, ca, url, principal := sv.vault, sv.ca, sv.url, sv.principal
 
 	alice := certvault.Caller{Principal: principal(identity.RoleUser, "alice"), Role: "user"}
 	bob := certvault.Caller{Principal: principal(identity.RoleUser, "bob"), Role: "user"}

@@ -1,7 +1,6 @@
 package services
 
 import (
-	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -17,7 +16,6 @@ import (
 	"net/http/httptest"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -28,113 +26,7 @@ import (
 	"github.com/ferry-dev/ferry/events/eventstest"
 	"github.com/ferry-dev/ferry/job"
 	"github.com/ferry-dev/ferry/job/httpapi"
-	"github.com/nats-io/nats.go/jetstream"
-	"github.com/rs/zerolog"
 )
-
-// syncLog is a log sink for concurrent writers.
-type syncLog struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *syncLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *syncLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-// separateVault is certvault's real HTTPS server (vaultServer) on loopback,
-// as `ferry certvault run` serves it, with its own CA and trust domain.
-type separateVault struct {
-	vault *certvault.Vault
-	js    jetstream.JetStream
-	url   string
-	ca    *identity.CA
-	log   *syncLog
-}
-
-func startSeparateVault(t *testing.T, overrides map[string]identity.Role) *separateVault {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	_, _, js := eventstest.StartServer(t)
-	if err := events.EnsureStream(ctx, js, events.StreamOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	store, err := events.NewJetStreamStore(ctx, js)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kek := make([]byte, 32)
-	rand.Read(kek)
-	keyring, err := certvault.NewKeyring(map[int][]byte{1: kek})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, err := identity.NewCA("vaultclient.test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	auth := &identity.Authenticator{Roots: ca.Pool(), Roles: identity.RoleMap{TrustDomain: ca.TrustDomain(), Overrides: overrides}}
-	logs := &syncLog{}
-	vault, srv, err := vaultServer(ctx, js, store, keyring, auth, issue(t, ca, identity.RoleService, "certvault", net.IPv4(127, 0, 0, 1)),
-		zerolog.New(logs).Level(zerolog.TraceLevel))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- serve(ctx, srv, ln, srv.TLSConfig) }()
-	t.Cleanup(func() { cancel(); <-done })
-	return &separateVault{vault: vault, js: js, url: "https://" + ln.Addr().String(), ca: ca, log: logs}
-}
-
-func (s *separateVault) principal(r identity.Role, name string) string {
-	return identity.SPIFFEID{TrustDomain: s.ca.TrustDomain(), Role: r, Name: name}.String()
-}
-
-// client is a VaultClient with the identity role/name of the vault's CA.
-func (s *separateVault) client(t *testing.T, role identity.Role, name string) *VaultClient {
-	return NewVaultClient(s.url, identity.ClientTLSConfig(issue(t, s.ca, role, name), s.ca.Pool()))
-}
-
-// streamText is every message of the event stream: subjects, headers,
-// bodies.
-func (s *separateVault) streamText(t *testing.T) string {
-	t.Helper()
-	ctx := context.Background()
-	st, err := s.js.Stream(ctx, events.StreamName)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := st.Info(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out strings.Builder
-	for seq := info.State.FirstSeq; info.State.Msgs > 0 && seq <= info.State.LastSeq; seq++ {
-		m, err := st.GetMsg(ctx, seq)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out.WriteString(m.Subject + "\n")
-		for k, vs := range m.Header {
-			out.WriteString(k + ": " + strings.Join(vs, ",") + "\n")
-		}
-		out.Write(m.Data)
-		out.WriteString("\n")
-	}
-	return out.String()
-}
 
 // subjectCert is a self-signed client certificate with its key, as PEM.
 func subjectCert(t *testing.T, subject pkix.Name) []byte {
@@ -338,7 +230,7 @@ func TestVaultClient(t *testing.T) {
 	if log := sv.log.String(); strings.Contains(log, secret) || !strings.Contains(log, "write-only headers stored") {
 		t.Errorf("certvault's log holds the value, or nothing:\n%s", log)
 	}
-	if evs := sv.streamText(t); strings.Contains(evs, secret) || !strings.Contains(evs, events.TypeWriteOnlyHeadersStored) {
+	if evs := eventstest.StreamText(t, sv.js); strings.Contains(evs, secret) || !strings.Contains(evs, events.TypeWriteOnlyHeadersStored) {
 		t.Errorf("the event stream holds the value, or nothing")
 	}
 }
