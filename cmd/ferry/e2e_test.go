@@ -321,19 +321,28 @@ func killAndRestart(t *testing.T, sig syscall.Signal) {
 	assertReplayEqualsReadModel(t, s2.info.NATSURL, id, j)
 }
 
-// assertReplayEqualsReadModel replays the job's events straight from
-// JetStream and compares the result with what the API served.
-func assertReplayEqualsReadModel(t *testing.T, natsURL, id string, served job.Job) {
+// connectJetStream connects to the NATS server at url with opts, for a
+// test that reads the stack's streams and buckets directly; the connection
+// closes when the test ends.
+func connectJetStream(t *testing.T, url string, opts ...nats.Option) jetstream.JetStream {
 	t.Helper()
-	nc, err := nats.Connect(natsURL)
+	nc, err := nats.Connect(url, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer nc.Close()
+	t.Cleanup(nc.Close)
 	js, err := jetstream.New(nc)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return js
+}
+
+// assertReplayEqualsReadModel replays the job's events straight from
+// JetStream and compares the result with what the API served.
+func assertReplayEqualsReadModel(t *testing.T, natsURL, id string, served job.Job) {
+	t.Helper()
+	js := connectJetStream(t, natsURL)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	store, err := events.NewJetStreamStore(ctx, js)

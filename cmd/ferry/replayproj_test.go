@@ -14,7 +14,6 @@ import (
 	"github.com/ferry-dev/ferry/job"
 	"github.com/ferry-dev/ferry/services"
 	"github.com/ferry-dev/ferry/services/servicestest"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -49,15 +48,7 @@ func TestReplayVerifyAndRebuild(t *testing.T) {
 
 	// Corrupt the victim's entry straight in the bucket.
 	victim := ids[1]
-	nc, err := nats.Connect(s.info.NATSURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := connectJetStream(t, s.info.NATSURL)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	kv, err := js.KeyValue(ctx, coordinator.JobsBucket)
@@ -114,7 +105,7 @@ func TestReplayVerifyAndRebuild(t *testing.T) {
 	}
 
 	// After a restart the stack reads generation 2 again.
-	nc.Close()
+	js.Conn().Close()
 	s.stop(syscall.SIGTERM)
 	startStack(t, dataDir, root, o.CAFile)
 	if out, code := ferry(t, dataDir, "replay", "verify"); code != 0 || !strings.Contains(out, "generation 2") {

@@ -119,37 +119,32 @@ func healthz(t *testing.T, addr string) (int, string) {
 	return resp.StatusCode, string(b)
 }
 
-// TestRolesAsProcesses: certvault (hosting NATS), a coordinator and agents as
-// separate processes over NATS with TLS and passwords; a transfer through
-// the coordinator; a job certificate checked in the remote certvault; an
-// agent drained by SIGTERM mid-transfer whose job another agent resumes.
-func TestRolesAsProcesses(t *testing.T) {
-	dir, dataDir := t.TempDir(), t.TempDir()
-	pki := filepath.Join(dir, "pki")
-	run := func(args ...string) string {
-		t.Helper()
-		out, code := ferry(t, dataDir, args...)
-		if code != 0 {
-			t.Fatalf("ferry %v exited %d", args, code)
-		}
-		return out
-	}
-	run("ca", "init", "--dir", pki, "--trust-domain", "roles.test")
-	for _, id := range [][]string{
-		{"service", "certvault"}, {"service", "coordinator"}, {"service", "nats"},
-		{"agent", "a1"}, {"agent", "a2"}, {"admin", "root"},
-	} {
-		args := []string{"ca", "issue", "--dir", pki, "--role", id[0], "--name", id[1]}
-		if id[0] == "service" {
+// rolePKI is what the roles tests start their processes with: a CA made by
+// `ferry ca` in <dir>/pki with the identities issued by it, and
+// <dir>/nats.conf, an embedded NATS server's configuration that requires
+// client certificates of that CA and has the users certvault (pw-vault),
+// coordinator (pw-coord) and agent (pw-agent, which may not publish
+// commands).
+type rolePKI struct {
+	dir      string // the CA's directory
+	natsConf string
+}
+
+// newRolePKI makes a rolePKI with trust domain td, issuing every identity
+// of ids ("role/name"; services also for 127.0.0.1 and localhost). run runs
+// the ferry CLI and fails the test if it fails.
+func newRolePKI(t *testing.T, dir, td string, run func(args ...string), ids ...string) rolePKI {
+	t.Helper()
+	p := rolePKI{dir: filepath.Join(dir, "pki"), natsConf: filepath.Join(dir, "nats.conf")}
+	run("ca", "init", "--dir", p.dir, "--trust-domain", td)
+	for _, id := range ids {
+		role, name, _ := strings.Cut(id, "/")
+		args := []string{"ca", "issue", "--dir", p.dir, "--role", role, "--name", name}
+		if role == "service" {
 			args = append(args, "--host", "127.0.0.1", "--host", "localhost")
 		}
 		run(args...)
 	}
-	file := func(name string) string { return filepath.Join(pki, name) }
-	identity := func(name string) []string {
-		return []string{"--cert", file(name + ".pem"), "--key", file(name + "-key.pem"), "--ca-cert", file("ca.pem")}
-	}
-	natsConf := filepath.Join(dir, "nats.conf")
 	conf := fmt.Sprintf(`tls {
   cert_file: %q
   key_file: %q
@@ -163,10 +158,38 @@ authorization {
     {user: agent, password: pw-agent, permissions: {publish: {deny: ["ferry.cmd.>"]}}}
   ]
 }
-`, file("nats.pem"), file("nats-key.pem"), file("ca.pem"))
-	if err := os.WriteFile(natsConf, []byte(conf), 0o600); err != nil {
+`, p.file("nats.pem"), p.file("nats-key.pem"), p.file("ca.pem"))
+	if err := os.WriteFile(p.natsConf, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	return p
+}
+
+// file is a file of the CA's directory: ca.pem, <name>.pem, <name>-key.pem.
+func (p rolePKI) file(name string) string { return filepath.Join(p.dir, name) }
+
+// identity is the flags that present name's certificate.
+func (p rolePKI) identity(name string) []string {
+	return []string{"--cert", p.file(name + ".pem"), "--key", p.file(name + "-key.pem"), "--ca-cert", p.file("ca.pem")}
+}
+
+// TestRolesAsProcesses: certvault (hosting NATS), a coordinator and agents as
+// separate processes over NATS with TLS and passwords; a transfer through
+// the coordinator; a job certificate checked in the remote certvault; an
+// agent drained by SIGTERM mid-transfer whose job another agent resumes.
+func TestRolesAsProcesses(t *testing.T) {
+	dir, dataDir := t.TempDir(), t.TempDir()
+	run := func(args ...string) string {
+		t.Helper()
+		out, code := ferry(t, dataDir, args...)
+		if code != 0 {
+			t.Fatalf("ferry %v exited %d", args, code)
+		}
+		return out
+	}
+	pki := newRolePKI(t, dir, "roles.test", func(args ...string) { run(args...) },
+		"service/certvault", "service/coordinator", "service/nats", "agent/a1", "agent/a2", "admin/root")
+	file, identity, natsConf := pki.file, pki.identity, pki.natsConf
 	// certvault's file config: the coordinator may read owners' stores.
 	vaultJSON := filepath.Join(dir, "certvault.json")
 	if err := os.WriteFile(vaultJSON, []byte(`{"roles": {"overrides": {"spiffe://roles.test/service/coordinator": "admin"}},

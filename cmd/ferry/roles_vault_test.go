@@ -7,7 +7,6 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"crypto/rand"
 	"crypto/sha1"
 	"crypto/tls"
@@ -29,10 +28,10 @@ import (
 	"time"
 
 	"github.com/ferry-dev/ferry/events"
+	"github.com/ferry-dev/ferry/events/eventstest"
 	"github.com/ferry-dev/ferry/job"
 	"github.com/ferry-dev/ferry/services/servicestest"
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 )
 
 // certTokenOrigin is an HTTPS origin that serves its file only to requests
@@ -109,7 +108,6 @@ func (o *certTokenOrigin) counts() (int, []string) {
 // values in certvault.
 func TestRolesVaultSeparate(t *testing.T) {
 	dir, dataDir := t.TempDir(), t.TempDir()
-	pki := filepath.Join(dir, "pki")
 	var outputs []string // every CLI output, for the scan
 	run := func(w cliIdentity, args ...string) cliRun {
 		t.Helper()
@@ -126,36 +124,9 @@ func TestRolesVaultSeparate(t *testing.T) {
 		return r.stdout
 	}
 	none := cliIdentity{name: "none"}
-	must(none, "ca", "init", "--dir", pki, "--trust-domain", "rolesvault.test")
-	for _, id := range [][]string{{"service", "certvault"}, {"service", "coordinator"}, {"service", "nats"}, {"agent", "a1"}, {"user", "alice"}} {
-		args := []string{"ca", "issue", "--dir", pki, "--role", id[0], "--name", id[1]}
-		if id[0] == "service" {
-			args = append(args, "--host", "127.0.0.1", "--host", "localhost")
-		}
-		must(none, args...)
-	}
-	file := func(name string) string { return filepath.Join(pki, name) }
-	identity := func(name string) []string {
-		return []string{"--cert", file(name + ".pem"), "--key", file(name + "-key.pem"), "--ca-cert", file("ca.pem")}
-	}
-	natsConf := filepath.Join(dir, "nats.conf")
-	conf := fmt.Sprintf(`tls {
-  cert_file: %q
-  key_file: %q
-  ca_file: %q
-  verify: true
-}
-authorization {
-  users: [
-    {user: certvault, password: pw-vault}
-    {user: coordinator, password: pw-coord}
-    {user: agent, password: pw-agent, permissions: {publish: {deny: ["ferry.cmd.>"]}}}
-  ]
-}
-`, file("nats.pem"), file("nats-key.pem"), file("ca.pem"))
-	if err := os.WriteFile(natsConf, []byte(conf), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	pki := newRolePKI(t, dir, "rolesvault.test", func(args ...string) { must(none, args...) },
+		"service/certvault", "service/coordinator", "service/nats", "agent/a1", "user/alice")
+	file, identity, natsConf := pki.file, pki.identity, pki.natsConf
 	// No roles.overrides: the coordinator is role service in certvault.
 	vaultJSON := filepath.Join(dir, "certvault.json")
 	if err := os.WriteFile(vaultJSON, []byte(`{"listen": "127.0.0.1:0"}`), 0o600); err != nil {
@@ -282,7 +253,8 @@ authorization {
 
 	// certvault's story, from the event log: stored, released (with the
 	// key), and for the second job stored then deleted by its owner.
-	stream := rolesVaultEvents(t, natsURL, file)
+	stream := eventstest.StreamText(t, connectJetStream(t, natsURL, nats.UserInfo("certvault", "pw-vault"),
+		nats.ClientCert(file("certvault.pem"), file("certvault-key.pem")), nats.RootCAs(file("ca.pem"))))
 	rolesVaultWant(t, "the event log", stream,
 		events.Subject(events.KindVault, events.VaultHeadersID(id))+"\n",
 		`"type":"`+events.TypeWriteOnlyHeadersStored+`"`, `"type":"`+events.TypeWriteOnlyHeadersReleased+`"`,
@@ -325,46 +297,6 @@ func rolesVaultForms(v string) map[string]string {
 func rolesVaultJSON(s string) string {
 	b, _ := json.Marshal(s)
 	return string(b)
-}
-
-// rolesVaultEvents is every message of FERRY_EVENTS (subject, headers, body),
-// read as certvault's NATS user.
-func rolesVaultEvents(t *testing.T, natsURL string, file func(string) string) string {
-	t.Helper()
-	nc, err := nats.Connect(natsURL, nats.UserInfo("certvault", "pw-vault"), nats.ClientCert(file("certvault.pem"), file("certvault-key.pem")),
-		nats.RootCAs(file("ca.pem")))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	st, err := js.Stream(ctx, events.StreamName)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := st.Info(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out strings.Builder
-	for seq := info.State.FirstSeq; info.State.Msgs > 0 && seq <= info.State.LastSeq; seq++ {
-		m, err := st.GetMsg(ctx, seq)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out.WriteString(m.Subject + "\n")
-		for k, vs := range m.Header {
-			out.WriteString(k + ": " + strings.Join(vs, ",") + "\n")
-		}
-		out.Write(m.Data)
-		out.WriteString("\n")
-	}
-	return out.String()
 }
 
 func rolesVaultWant(t *testing.T, where, text string, wants ...string) {
