@@ -120,24 +120,46 @@ func tail(s string, n int) string {
 	return s
 }
 
-// ferry runs the CLI against the stack's data directory.
-func ferry(t *testing.T, dataDir string, args ...string) (string, int) {
+// cliRun is one run of the ferry CLI.
+type cliRun struct {
+	stdout, stderr string
+	code           int
+}
+
+// cliIdentity is what a CLI run presents: the dev stack's administrator
+// (the default: <data-dir>/pki/admin.pem), or another identity chosen with
+// FERRY_CERT/FERRY_KEY in the environment or with --cert/--key.
+type cliIdentity struct {
+	name  string
+	env   []string
+	flags []string
+}
+
+// runCLIAs runs the CLI against dataDir as w.
+func runCLIAs(t *testing.T, dataDir string, w cliIdentity, args ...string) cliRun {
 	t.Helper()
-	cmd := exec.Command(ferryBin, args...)
-	cmd.Env = append(os.Environ(), "FERRY_DATA_DIR="+dataDir)
+	cmd := exec.Command(ferryBin, append(append([]string(nil), args...), w.flags...)...)
+	cmd.Env = append(append(os.Environ(), "FERRY_DATA_DIR="+dataDir), w.env...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
-	code := 0
+	r := cliRun{stdout: out.String(), stderr: errb.String()}
 	if ee, ok := err.(*exec.ExitError); ok {
-		code = ee.ExitCode()
+		r.code = ee.ExitCode()
 	} else if err != nil {
 		t.Fatalf("ferry %v: %v", args, err)
 	}
-	if code != 0 {
-		t.Logf("ferry %v exited %d; stderr:\n%s", args, code, errb.String())
+	return r
+}
+
+// ferry runs the CLI against the stack's data directory.
+func ferry(t *testing.T, dataDir string, args ...string) (string, int) {
+	t.Helper()
+	r := runCLIAs(t, dataDir, cliIdentity{}, args...)
+	if r.code != 0 {
+		t.Logf("ferry %v exited %d; stderr:\n%s", args, r.code, r.stderr)
 	}
-	return out.String(), code
+	return r.stdout, r.code
 }
 
 func waitFor(t *testing.T, limit time.Duration, what string, cond func() bool) {

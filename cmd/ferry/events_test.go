@@ -63,18 +63,14 @@ func lineTypes(lines []services.EventLine) []string {
 // ferryFails runs the CLI expecting exit status 1 and returns its stderr.
 func ferryFails(t *testing.T, dataDir string, args ...string) string {
 	t.Helper()
-	cmd := exec.Command(ferryBin, args...)
-	cmd.Env = append(os.Environ(), "FERRY_DATA_DIR="+dataDir)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 {
-		t.Fatalf("ferry %v: %v, want exit status 1; stdout %q stderr %q", args, err, out.String(), errb.String())
+	r := runCLIAs(t, dataDir, cliIdentity{}, args...)
+	if r.code != 1 {
+		t.Fatalf("ferry %v: exit status %d, want 1; stdout %q stderr %q", args, r.code, r.stdout, r.stderr)
 	}
-	if out.Len() != 0 {
-		t.Fatalf("ferry %v printed %q", args, out.String())
+	if r.stdout != "" {
+		t.Fatalf("ferry %v printed %q", args, r.stdout)
 	}
-	return errb.String()
+	return r.stderr
 }
 
 // TestEventsTail: filters, NDJSON and human lines, bad input, and --follow

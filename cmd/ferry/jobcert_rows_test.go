@@ -1,10 +1,8 @@
 package main
 
 import (
-	"bytes"
 	"encoding/json"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -14,38 +12,6 @@ import (
 	"github.com/ferry-dev/ferry/job"
 	"github.com/ferry-dev/ferry/services/servicestest"
 )
-
-// cliRun is one run of the ferry CLI.
-type cliRun struct {
-	stdout, stderr string
-	code           int
-}
-
-// cliIdentity is what a CLI run presents: the dev stack's administrator
-// (the default: <data-dir>/pki/admin.pem), or another identity chosen with
-// FERRY_CERT/FERRY_KEY in the environment or with --cert/--key.
-type cliIdentity struct {
-	name  string
-	env   []string
-	flags []string
-}
-
-// runCLIAs runs the CLI against dataDir as w.
-func runCLIAs(t *testing.T, dataDir string, w cliIdentity, args ...string) cliRun {
-	t.Helper()
-	cmd := exec.Command(ferryBin, append(append([]string(nil), args...), w.flags...)...)
-	cmd.Env = append(append(os.Environ(), "FERRY_DATA_DIR="+dataDir), w.env...)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	r := cliRun{stdout: out.String(), stderr: errb.String()}
-	if ee, ok := err.(*exec.ExitError); ok {
-		r.code = ee.ExitCode()
-	} else if err != nil {
-		t.Fatalf("ferry %v: %v", args, err)
-	}
-	return r
-}
 
 // actionJSON is what `-o json` prints for a job action.
 type actionJSON struct {
