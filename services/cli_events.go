@@ -78,6 +78,9 @@ func eventSummary(ev *events.Event) string {
 	}
 	switch e := p.(type) {
 	case *events.JobCreated:
+		if e.Agent != "" {
+			return fmt.Sprintf("%q owner %s, priority %s, agent %s only", e.DisplayName, principalText(e.Owner), e.Priority, e.Agent)
+		}
 		return fmt.Sprintf("%q owner %s, priority %s, pool %s", e.DisplayName, principalText(e.Owner), e.Priority, e.Pool)
 	case *events.FilesAdded:
 		switch len(e.Files) {

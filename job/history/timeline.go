@@ -92,8 +92,12 @@ func (tl *timeline) describe(e *Entry, before, after *job.Job, p events.Payload)
 	switch x := p.(type) {
 	case *events.JobCreated:
 		rp := x.RetryPolicy
-		return fmt.Sprintf("created %q for %s: priority %s, pool %s, minimum retry delay %s, no-progress timeout %s",
-			x.DisplayName, x.Owner, x.Priority, x.Pool, SecondsText(rp.MinimumRetryDelaySec), SecondsText(rp.NoProgressTimeoutSec))
+		where := "pool " + x.Pool
+		if x.Agent != "" {
+			where = "agent " + x.Agent + " only (pool " + x.Pool + ")"
+		}
+		return fmt.Sprintf("created %q for %s: priority %s, %s, minimum retry delay %s, no-progress timeout %s",
+			x.DisplayName, x.Owner, x.Priority, where, SecondsText(rp.MinimumRetryDelaySec), SecondsText(rp.NoProgressTimeoutSec))
 	case *events.FilesAdded:
 		if len(x.Files) == 1 {
 			return fmt.Sprintf("file %d added: %s -> %s", len(after.Files)-1, x.Files[0].RemoteURL, x.Files[0].LocalName)
