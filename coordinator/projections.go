@@ -9,7 +9,8 @@ package coordinator
 // readers use; no pointer means generation 1.
 //
 // A rebuild (RebuildProjection) replays the whole log into the next
-// generation's bucket while the current one keeps serving, catches up with
+// generation's bucket (Projector.Backfill: one write per job, not per
+// event) while the current one keeps serving, catches up with
 // the end of the log, then moves the pointer. Every coordinator watches the
 // pointer: it starts a projector on the new bucket, lets it catch up with its
 // own projector on the old one, then — with its projector stopped for the
@@ -837,27 +838,40 @@ func (s *Service) rebuild(ctx context.Context, opts RebuildOptions, rep *Rebuild
 	}()
 	s.log.Info().Str("bucket", bucket).Uint64("generation", next).Str("by", opts.By).Msg("rebuilding the jobs read model")
 
+	// The whole log as it is now, folded in memory and written a job at a
+	// time (not an event at a time: BENCHMARKS.md), then what came
+	// meanwhile by a projector like any other; each coordinator catches up
+	// the last few events itself as it switches.
+	log := s.log.With().Str("bucket", bucket).Logger()
+	target, err := s.logEnd(ctx)
+	if err != nil {
+		return err
+	}
+	report(ProjectionProgress{Phase: "replay", Target: target})
+	st, err := (&Projector{Store: s.store, KV: kv, JS: s.js, Log: log}).Backfill(ctx, target, func(a uint64) {
+		report(ProjectionProgress{Phase: "replay", Applied: a, Target: target})
+	})
+	if err != nil {
+		return fmt.Errorf("coordinator: rebuild %s: %w", bucket, err)
+	}
 	var jobs atomic.Int64
-	b := startProjector(ctx, &Projector{Store: s.store, KV: kv, Log: s.log.With().Str("bucket", bucket).Logger(),
+	jobs.Store(int64(st.Created))
+	b := startProjector(ctx, &Projector{Store: s.store, KV: kv, Log: log,
 		OnApply: func(_ *job.Job, ev *events.Event) {
 			if ev.Type == events.TypeJobCreated {
 				jobs.Add(1)
 			}
 		}})
 	defer b.halt()
-	// The whole log as it is now, then what came meanwhile; each
-	// coordinator catches up the last few events itself as it switches.
-	for _, phase := range []string{"replay", "catch-up"} {
-		target, err := s.logEnd(ctx)
-		if err != nil {
-			return err
-		}
-		report(ProjectionProgress{Phase: phase, Applied: b.p.Applied(), Target: target, Jobs: int(jobs.Load())})
-		if err := b.waitApplied(ctx, target, func(a uint64) {
-			report(ProjectionProgress{Phase: phase, Applied: a, Target: target, Jobs: int(jobs.Load())})
-		}); err != nil {
-			return fmt.Errorf("coordinator: rebuild %s: %w", bucket, err)
-		}
+	target, err = s.logEnd(ctx)
+	if err != nil {
+		return err
+	}
+	report(ProjectionProgress{Phase: "catch-up", Applied: b.p.Applied(), Target: target, Jobs: int(jobs.Load())})
+	if err := b.waitApplied(ctx, target, func(a uint64) {
+		report(ProjectionProgress{Phase: "catch-up", Applied: a, Target: target, Jobs: int(jobs.Load())})
+	}); err != nil {
+		return fmt.Errorf("coordinator: rebuild %s: %w", bucket, err)
 	}
 	if err := b.stop(ctx); err != nil {
 		return fmt.Errorf("coordinator: rebuild %s: %w", bucket, err)

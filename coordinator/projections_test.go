@@ -761,24 +761,184 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 	eventstest.WaitFor(t, 60*time.Second, what, cond)
 }
 
-// BenchmarkProjectionRebuild measures a rebuild of the jobs read model from
-// a log of 200 jobs of every history (about 1,200 events): the replay into
-// a new generation, the switch and the deletion of the old one. Each event
-// is one KV write, fsync'd (the server runs with sync always), so the
-// reference is the disk's fsync rate.
-func BenchmarkProjectionRebuild(b *testing.B) {
-	p := newProjStack(b)
-	svc, _, _ := p.service()
-	p.makeJobs(200)
-	p.waitApplied(svc)
-	ctx := context.Background()
-	var events uint64
-	for b.Loop() {
-		rep, err := svc.RebuildProjection(ctx, "jobs", coordinator.RebuildOptions{}, nil)
-		if err != nil || !rep.OldBucketDeleted {
-			b.Fatalf("rebuild: %+v %v", rep, err)
-		}
-		events = rep.Position
+// TestProjectionRebuildWritesEachJobOnce: over a log of jobs with many
+// interleaved events each, the new generation equals the replay of every
+// job, and its backfill wrote each job once: the bucket's stream (History
+// 1, so its sequence counts every write) holds the jobs at revisions
+// 1..jobs, the position after them.
+func TestProjectionRebuildWritesEachJobOnce(t *testing.T) {
+	p := newProjStack(t)
+	e := p.coordinator()
+	ids := p.makeBusyJobs(40, 12)
+	ids = append(ids, p.makeJobs(14)...)
+	p.waitProjected(e)
+	_, rr := rebuild(t, e)
+	if !rr.Switched || rr.Bucket != "ferry_jobs_2" || rr.Jobs != len(ids) {
+		t.Fatalf("rebuild %+v", rr)
 	}
-	b.ReportMetric(float64(events)*float64(b.N)/b.Elapsed().Seconds(), "events/s")
+	ctx := context.Background()
+	kv, err := p.js.KeyValue(ctx, rr.Bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var maxRev uint64
+	for _, id := range ids {
+		en, err := kv.Get(ctx, id)
+		if err != nil {
+			t.Fatalf("job %s: %v", id, err)
+		}
+		var got job.Job
+		if err := json.Unmarshal(en.Value(), &got); err != nil {
+			t.Fatal(err)
+		}
+		if d := coordinator.DiffJobs(got, p.replayed(id)); len(d) > 0 {
+			t.Fatalf("job %s in the new generation differs from its replay: %v", id, d)
+		}
+		maxRev = max(maxRev, en.Revision())
+	}
+	if maxRev != uint64(len(ids)) {
+		t.Fatalf("%d jobs, last written at revision %d: some job was written more than once", len(ids), maxRev)
+	}
+	if rr.Position < 12*uint64(len(ids)/2) {
+		t.Fatalf("position %d: the log is not busy", rr.Position)
+	}
+}
+
+// TestProjectorBackfill: Backfill in chunks of a few jobs (so that jobs
+// are written, dropped from its cache and read back as more of their
+// events come) equals the replay of every job, with and without pipelined
+// writes, and a concurrent writer is neither overwritten with an older
+// state nor missed: an entry ahead of the fold is kept, one behind it is
+// written over.
+func TestProjectorBackfill(t *testing.T) {
+	p := newProjStack(t)
+	ids := p.makeBusyJobs(30, 8)
+	ids = append(ids, p.makeJobs(14)...)
+	ctx := context.Background()
+	st, err := p.js.Stream(ctx, events.StreamName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	target := st.CachedInfo().State.LastSeq
+	for _, pipelined := range []bool{false, true} {
+		t.Run(fmt.Sprintf("pipelined=%v", pipelined), func(t *testing.T) {
+			kv, err := p.js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: fmt.Sprintf("backfill_%v", pipelined), History: 1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			// A projector got ahead on one job and behind on another.
+			ahead, behind := p.replayed(ids[3]), p.replayed(ids[40])
+			ahead.DisplayName = "written by a projector that is ahead"
+			evs, err := p.store.Load(ctx, events.JobSubject(ids[40]), 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			behind, err = job.Replay(evs[:1])
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, j := range []job.Job{ahead, behind} {
+				b, _ := json.Marshal(&j)
+				if _, err := kv.Create(ctx, j.ID, b); err != nil {
+					t.Fatal(err)
+				}
+			}
+			pr := &coordinator.Projector{Store: p.store, KV: kv, BackfillChunk: 7}
+			if pipelined {
+				pr.JS = p.js
+			}
+			var reports []uint64
+			stats, err := pr.Backfill(ctx, target, func(a uint64) { reports = append(reports, a) })
+			if err != nil {
+				t.Fatal(err)
+			}
+			if pr.Applied() != target || len(reports) < len(ids)/7 || reports[len(reports)-1] != target || !slices.IsSorted(reports) {
+				t.Fatalf("applied %d of %d, progress %v", pr.Applied(), target, reports)
+			}
+			if stats.Created != len(ids) || stats.Events == 0 || stats.Writes < len(ids)-1 || uint64(stats.Writes) >= target {
+				t.Fatalf("stats %+v for %d jobs, %d events", stats, len(ids), target)
+			}
+			for _, id := range ids {
+				got, ok, err := coordinator.ReadModel{KV: kv}.Get(ctx, id)
+				want := p.replayed(id)
+				if id == ids[3] {
+					want = ahead
+				}
+				if err != nil || !ok {
+					t.Fatalf("job %s: %v %v", id, ok, err)
+				}
+				if d := coordinator.DiffJobs(got, want); len(d) > 0 {
+					t.Fatalf("job %s differs: %v", id, d)
+				}
+			}
+			// Run goes on from the position.
+			if got, _ := kv.Get(ctx, "_position"); got == nil || string(got.Value()) != fmt.Sprint(target) {
+				t.Fatalf("position %v", got)
+			}
+			// Nothing more to do.
+			if stats, err := pr.Backfill(ctx, target, nil); err != nil || stats.Writes != 0 {
+				t.Fatalf("second backfill: %+v %v", stats, err)
+			}
+		})
+	}
+}
+
+// makeBusyJobs makes n suspended jobs and then modifies each of them k
+// times, round by round, so that the jobs' events interleave in the log as
+// those of jobs in progress do: n×(k+1) events or so.
+func (p *projStack) makeBusyJobs(n, k int) []string {
+	p.t.Helper()
+	ctx := context.Background()
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = uuid.Must(uuid.NewV7()).String()
+		c := job.Create{JobID: ids[i], DisplayName: fmt.Sprintf("busy %d", i), Owner: "spiffe://ferry.test/user/alice",
+			Files: []events.FileSpec{{RemoteURL: fmt.Sprintf("https://origin.test/busy/%d", i), LocalName: fmt.Sprintf("/data/busy/%d", i)}}}
+		if _, err := p.repo.Execute(ctx, ids[i], c, events.Meta{Actor: "test"}, nil); err != nil {
+			p.t.Fatal(err)
+		}
+	}
+	prios := []job.Priority{job.Foreground, job.High, job.Normal, job.Low}
+	for r := range k {
+		for i, id := range ids {
+			name, prio := fmt.Sprintf("busy %d, round %d", i, r), prios[r%len(prios)]
+			if _, err := p.repo.Execute(ctx, id, job.Modify{DisplayName: &name, Priority: &prio}, events.Meta{Actor: "test"}, nil); err != nil {
+				p.t.Fatal(err)
+			}
+		}
+	}
+	return ids
+}
+
+// BenchmarkProjectionRebuild measures a rebuild of the jobs read model:
+// the replay into a new generation, the switch and the deletion of the old
+// one. "mixed" is a log of 200 jobs of every history (about 1,200 events,
+// 6 per job); "busy" one of 100 jobs of 51 events each, interleaved. Every
+// KV write is fsync'd (the server runs with sync always), so what a
+// rebuild costs is mostly how many writes it makes.
+func BenchmarkProjectionRebuild(b *testing.B) {
+	for _, tc := range []struct {
+		name string
+		make func(*projStack)
+	}{
+		{"mixed", func(p *projStack) { p.makeJobs(200) }},
+		{"busy", func(p *projStack) { p.makeBusyJobs(100, 50) }},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			p := newProjStack(b)
+			svc, _, _ := p.service()
+			tc.make(p)
+			p.waitApplied(svc)
+			ctx := context.Background()
+			var events uint64
+			for b.Loop() {
+				rep, err := svc.RebuildProjection(ctx, "jobs", coordinator.RebuildOptions{}, nil)
+				if err != nil || !rep.OldBucketDeleted {
+					b.Fatalf("rebuild: %+v %v", rep, err)
+				}
+				events = rep.Position
+			}
+			b.ReportMetric(float64(events)*float64(b.N)/b.Elapsed().Seconds(), "events/s")
+		})
+	}
 }

@@ -23,8 +23,8 @@ import (
 
 // Verification: a projection agrees with the log when every entry of the
 // live model is what replaying the log gives. Verify replays the whole log
-// into a scratch bucket with the projector's own code, up to the log's end
-// T, waits until this coordinator's projector has passed T too, and
+// into a scratch bucket with the projector's own code (Backfill), up to the
+// log's end T, waits until this coordinator's projector has passed T too, and
 // compares the two buckets entry by entry. The live model keeps moving
 // meanwhile, so an entry that differs is not reported at once: it is
 // checked again exactly — the live entry at version v must equal the replay
@@ -183,15 +183,13 @@ func (s *Service) verifyJobs(ctx context.Context, opts VerifyOptions, v *Project
 		return err
 	}
 	v.Position = target
-	sp := startProjector(ctx, &Projector{Store: s.store, KV: scratch, Log: s.log.With().Str("bucket", bucket).Logger()})
-	defer sp.halt()
 	report(ProjectionProgress{Phase: "replay", Target: target})
-	if err := sp.waitApplied(ctx, target, func(a uint64) {
+	_, err = (&Projector{Store: s.store, KV: scratch, JS: s.js, Log: s.log.With().Str("bucket", bucket).Logger()}).Backfill(ctx, target, func(a uint64) {
 		report(ProjectionProgress{Phase: "replay", Applied: a, Target: target})
-	}); err != nil {
+	})
+	if err != nil {
 		return fmt.Errorf("coordinator: verify: replay the log: %w", err)
 	}
-	sp.halt()
 
 	// The live model must have passed the same point.
 	report(ProjectionProgress{Phase: "live", Applied: s.projector.Applied(), Target: target})

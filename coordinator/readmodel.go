@@ -13,6 +13,7 @@ import (
 
 	"github.com/ferry-dev/ferry/events"
 	"github.com/ferry-dev/ferry/job"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 )
@@ -71,8 +72,16 @@ type Projector struct {
 	Store events.Store
 	KV    jetstream.KeyValue
 	Log   zerolog.Logger
-	// OnApply, if set, is called after a job's new state is stored.
+	// OnApply, if set, is called after a job's new state is stored by Run
+	// (not by Backfill, which stores states, not events).
 	OnApply func(j *job.Job, ev *events.Event)
+	// JS, if set, is the JetStream context of KV: Backfill then pipelines
+	// its writes (asynchronous publishes that carry the expected revision)
+	// instead of waiting for each one.
+	JS jetstream.JetStream
+	// BackfillChunk is how many jobs Backfill folds in memory before it
+	// writes them (0: defaultBackfillChunk).
+	BackfillChunk int
 
 	mu      sync.Mutex
 	applied uint64        // highest sequence applied
@@ -80,8 +89,9 @@ type Projector struct {
 }
 
 type cached struct {
-	j   job.Job
-	rev uint64
+	j     job.Job
+	rev   uint64 // revision of the stored entry, 0: none
+	dirty bool   // j is ahead of the stored entry (Backfill)
 }
 
 // Run follows the log from the stored position until ctx ends.
@@ -132,17 +142,9 @@ func (p *Projector) apply(ctx context.Context, cache map[string]*cached, ev *eve
 	for range 5 {
 		c, ok := cache[id]
 		if !ok {
-			c = &cached{}
-			e, err := p.KV.Get(ctx, id)
-			switch {
-			case errors.Is(err, jetstream.ErrKeyNotFound):
-			case err != nil:
-				return fmt.Errorf("coordinator: read model get %s: %w", id, err)
-			default:
-				if err := json.Unmarshal(e.Value(), &c.j); err != nil {
-					return fmt.Errorf("coordinator: read model decode %s: %w", id, err)
-				}
-				c.rev = e.Revision()
+			var err error
+			if c, err = p.load(ctx, id); err != nil {
+				return err
 			}
 			cache[id] = c
 		}
@@ -150,27 +152,16 @@ func (p *Projector) apply(ctx context.Context, cache map[string]*cached, ev *eve
 			return nil // applied before
 		}
 		next := c.j.Clone()
-		if err := job.Evolve(&next, ev); err != nil {
-			// An event this version cannot apply is a bug or a newer writer;
-			// stop rather than publish a wrong read model.
-			return fmt.Errorf("coordinator: project %s: %w", id, err)
-		}
-		val, err := json.Marshal(&next)
-		if err != nil {
+		if err := evolve(&next, ev); err != nil {
 			return err
 		}
-		var rev uint64
-		if c.rev == 0 {
-			rev, err = p.KV.Create(ctx, id, val)
-		} else {
-			rev, err = p.KV.Update(ctx, id, val, c.rev)
-		}
-		if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+		rev, err := p.put(ctx, id, &next, c.rev)
+		if isRevisionConflict(err) {
 			delete(cache, id) // someone else wrote it: re-read and re-check
 			continue
 		}
 		if err != nil {
-			return fmt.Errorf("coordinator: read model put %s: %w", id, err)
+			return err
 		}
 		c.j, c.rev = next, rev
 		if p.OnApply != nil {
@@ -179,6 +170,339 @@ func (p *Projector) apply(ctx context.Context, cache map[string]*cached, ev *eve
 		return nil
 	}
 	return fmt.Errorf("coordinator: read model %s: too many concurrent updates", id)
+}
+
+// evolve applies one job event to a state.
+func evolve(j *job.Job, ev *events.Event) error {
+	if err := job.Evolve(j, ev); err != nil {
+		// An event this version cannot apply is a bug or a newer writer;
+		// stop rather than publish a wrong read model.
+		return fmt.Errorf("coordinator: project %s: %w", ev.AggregateID, err)
+	}
+	return nil
+}
+
+// load reads a job's stored state and revision (none: the zero job at
+// revision 0).
+func (p *Projector) load(ctx context.Context, id string) (*cached, error) {
+	c := &cached{}
+	e, err := p.KV.Get(ctx, id)
+	switch {
+	case errors.Is(err, jetstream.ErrKeyNotFound):
+	case err != nil:
+		return nil, fmt.Errorf("coordinator: read model get %s: %w", id, err)
+	default:
+		if err := json.Unmarshal(e.Value(), &c.j); err != nil {
+			return nil, fmt.Errorf("coordinator: read model decode %s: %w", id, err)
+		}
+		c.rev = e.Revision()
+	}
+	return c, nil
+}
+
+// put stores j over revision rev (0: the key must not exist) and returns
+// the new revision. A revision conflict is returned as the KV reports it
+// (isRevisionConflict).
+func (p *Projector) put(ctx context.Context, id string, j *job.Job, rev uint64) (uint64, error) {
+	val, err := json.Marshal(j)
+	if err != nil {
+		return 0, err
+	}
+	if rev == 0 {
+		rev, err = p.KV.Create(ctx, id, val)
+	} else {
+		rev, err = p.KV.Update(ctx, id, val, rev)
+	}
+	if err != nil && !isRevisionConflict(err) {
+		return 0, fmt.Errorf("coordinator: read model put %s: %w", id, err)
+	}
+	return rev, err
+}
+
+// isRevisionConflict reports whether a compare-and-set write failed because
+// the key is not at the expected revision.
+func isRevisionConflict(err error) bool {
+	if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+		return true
+	}
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
+}
+
+// --- backfill -------------------------------------------------------------------
+
+const (
+	// defaultBackfillChunk bounds the jobs Backfill holds unwritten.
+	defaultBackfillChunk = 4096
+	// backfillCache bounds the written states Backfill keeps for the
+	// jobs' later events; past it they are dropped (and read back from
+	// the bucket if the job has more events).
+	backfillCache = 16384
+	// backfillInFlight bounds the pipelined writes awaiting their
+	// acknowledgement.
+	backfillInFlight = 256
+)
+
+// BackfillStats says what a Backfill did.
+type BackfillStats struct {
+	Events  int // job events folded
+	Created int // of which job creations
+	Writes  int // job entries written
+}
+
+// errBackfilled ends Backfill's subscription at its target.
+var errBackfilled = errors.New("backfilled")
+
+// Backfill brings the bucket from its stored position up to sequence to
+// (the log's last sequence, typically, when a new generation is built),
+// writing each job's state once rather than once per event: it folds the
+// events into per-job states in memory with the projector's evolve, and
+// each time BackfillChunk jobs are ahead of the bucket (and at to) it
+// writes them and saves the position. Every write is compare-and-set on
+// the revision it read or wrote, so a projector running on the same bucket
+// meanwhile is never overwritten with an older state: if it is ahead, its
+// entry is kept and the fold goes on from it. Memory stays bounded: a job
+// written and dropped from the cache that has more events is read back
+// (and made again from its events if that read was stale).
+// After Backfill, Run continues from to. progress, if set, is called with
+// the position after each chunk.
+func (p *Projector) Backfill(ctx context.Context, to uint64, progress func(applied uint64)) (BackfillStats, error) {
+	var st BackfillStats
+	pos, err := p.position(ctx)
+	if err != nil {
+		return st, err
+	}
+	p.advance(pos)
+	if pos >= to {
+		return st, nil
+	}
+	chunk := p.BackfillChunk
+	if chunk <= 0 {
+		chunk = defaultBackfillChunk
+	}
+	cache := map[string]*cached{}
+	var dirty []string
+	last := pos // every event up to last is folded
+	flush := func() error {
+		n, err := p.writeBack(ctx, cache, dirty, last)
+		st.Writes += n
+		if err != nil {
+			return err
+		}
+		dirty = dirty[:0]
+		if err := p.savePosition(ctx, last); err != nil {
+			return err
+		}
+		p.advance(last)
+		if progress != nil {
+			progress(last)
+		}
+		if len(cache) > backfillCache {
+			clear(cache) // every state in it is written
+		}
+		return nil
+	}
+	err = p.Store.Subscribe(ctx, events.SubjectPrefix+">", pos, func(ev events.Event) error {
+		if ev.Seq > to {
+			return errBackfilled
+		}
+		if ev.Kind == events.KindJob {
+			id := ev.AggregateID
+			c, ok := cache[id]
+			switch {
+			case ok:
+			case ev.Type == events.TypeJobCreated:
+				// A job's first event: the bucket has no entry for it
+				// (unless a projector running meanwhile wrote one,
+				// which the write's revision check finds).
+				c = &cached{}
+				cache[id] = c
+			default:
+				if c, err = p.load(ctx, id); err != nil {
+					return err
+				}
+				cache[id] = c
+			}
+			if ev.Seq > c.j.Version {
+				if err := evolve(&c.j, &ev); err != nil {
+					return err
+				}
+				st.Events++
+				if ev.Type == events.TypeJobCreated {
+					st.Created++
+				}
+				if !c.dirty {
+					c.dirty = true
+					dirty = append(dirty, id)
+				}
+			}
+		}
+		last = ev.Seq
+		if len(dirty) >= chunk {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+		if ev.Seq >= to {
+			return errBackfilled
+		}
+		return nil
+	})
+	if !errors.Is(err, errBackfilled) {
+		if ctx.Err() != nil {
+			return st, ctx.Err()
+		}
+		return st, fmt.Errorf("coordinator: backfill: %w", err)
+	}
+	last = to // the log has no gaps (DenyDelete): nothing up to to is missing
+	if err := flush(); err != nil {
+		return st, fmt.Errorf("coordinator: backfill: %w", err)
+	}
+	return st, nil
+}
+
+// writeBack stores the states of the dirty jobs ids, which include every
+// event up to upTo, and returns how many it wrote. With JS the writes are
+// pipelined; a write that finds another revision than the one expected is
+// done again synchronously (reconcile).
+func (p *Projector) writeBack(ctx context.Context, cache map[string]*cached, ids []string, upTo uint64) (int, error) {
+	var (
+		n         int
+		conflicts []string
+	)
+	if p.JS == nil {
+		for _, id := range ids {
+			c := cache[id]
+			rev, err := p.put(ctx, id, &c.j, c.rev)
+			switch {
+			case isRevisionConflict(err):
+				conflicts = append(conflicts, id)
+			case err != nil:
+				return n, err
+			default:
+				c.rev, c.dirty = rev, false
+				n++
+			}
+		}
+	} else {
+		var err error
+		if n, conflicts, err = p.publishAll(ctx, cache, ids); err != nil {
+			return n, err
+		}
+	}
+	for _, id := range conflicts {
+		wrote, err := p.reconcile(ctx, cache[id], id, upTo)
+		if err != nil {
+			return n, err
+		}
+		if wrote {
+			n++
+		}
+	}
+	return n, nil
+}
+
+// publishAll writes the states of ids with asynchronous publishes, at most
+// backfillInFlight awaiting their acknowledgement, each expecting the key
+// at the revision the job's state was read or written at. It returns how
+// many were written and the jobs whose write found another revision.
+func (p *Projector) publishAll(ctx context.Context, cache map[string]*cached, ids []string) (int, []string, error) {
+	type pending struct {
+		id  string
+		ack jetstream.PubAckFuture
+	}
+	var (
+		n         int
+		conflicts []string
+		window    []pending
+	)
+	pre := "$KV." + p.KV.Bucket() + "."
+	stream := "KV_" + p.KV.Bucket()
+	wait := func(w pending) error {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case ack := <-w.ack.Ok():
+			c := cache[w.id]
+			c.rev, c.dirty = ack.Sequence, false
+			n++
+		case err := <-w.ack.Err():
+			if !isRevisionConflict(err) {
+				return fmt.Errorf("coordinator: read model put %s: %w", w.id, err)
+			}
+			conflicts = append(conflicts, w.id)
+		}
+		return nil
+	}
+	for _, id := range ids {
+		if len(window) == backfillInFlight {
+			if err := wait(window[0]); err != nil {
+				return n, conflicts, err
+			}
+			window = window[1:]
+		}
+		c := cache[id]
+		val, err := json.Marshal(&c.j)
+		if err != nil {
+			return n, conflicts, err
+		}
+		ack, err := p.JS.PublishMsgAsync(&nats.Msg{Subject: pre + id, Data: val},
+			jetstream.WithExpectStream(stream), jetstream.WithExpectLastSequencePerSubject(c.rev))
+		if err != nil {
+			return n, conflicts, fmt.Errorf("coordinator: read model put %s: %w", id, err)
+		}
+		window = append(window, pending{id, ack})
+	}
+	for _, w := range window {
+		if err := wait(w); err != nil {
+			return n, conflicts, err
+		}
+	}
+	return n, conflicts, nil
+}
+
+// reconcile stores a job's state after a write found its key at another
+// revision than expected: someone else wrote the entry, or the state the
+// fold started from was read from a replica that lagged. The state is
+// therefore made again from the job's own events up to the fold's position
+// upTo, then written over the entry, unless the entry includes those events
+// already (its version is not lower): then it becomes the fold's state. It
+// reports whether it wrote.
+func (p *Projector) reconcile(ctx context.Context, c *cached, id string, upTo uint64) (bool, error) {
+	evs, err := p.Store.Load(ctx, events.JobSubject(id), 0)
+	if err != nil {
+		return false, fmt.Errorf("coordinator: backfill: load the events of %s: %w", id, err)
+	}
+	var j job.Job
+	for i := range evs {
+		if evs[i].Seq > upTo {
+			break
+		}
+		if err := evolve(&j, &evs[i]); err != nil {
+			return false, err
+		}
+	}
+	for range 5 {
+		stored, err := p.load(ctx, id)
+		if err != nil {
+			return false, err
+		}
+		if stored.j.Version >= j.Version {
+			*c = *stored
+			return false, nil
+		}
+		rev, err := p.put(ctx, id, &j, stored.rev)
+		if isRevisionConflict(err) {
+			continue
+		}
+		if err != nil {
+			return false, err
+		}
+		c.j, c.rev, c.dirty = j, rev, false
+		return true, nil
+	}
+	return false, fmt.Errorf("coordinator: read model %s: too many concurrent updates", id)
 }
 
 func (p *Projector) position(ctx context.Context) (uint64, error) {
