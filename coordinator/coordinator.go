@@ -302,19 +302,25 @@ func (s *Service) orphaned(ctx context.Context, j *job.Job) bool {
 	}
 	r := &s.registry
 	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.alive == nil || time.Since(r.at) > registryMaxAge {
+	alive, fresh := r.alive, r.alive != nil && time.Since(r.at) <= registryMaxAge
+	r.mu.Unlock()
+	if !fresh {
+		// Read without the lock: API requests that publish must not wait
+		// behind a slow registry read (two concurrent refreshes are harmless).
 		entries, err := s.agentEntries(ctx)
 		if err != nil {
 			s.log.Warn().Err(err).Msg("agent registry unreadable: no orphaned jobs re-dispatched this time")
 			return false
 		}
-		r.alive, r.at = make(map[string]bool, len(entries)), time.Now()
+		alive = make(map[string]bool, len(entries))
 		for _, e := range entries {
-			r.alive[e.ID] = true
+			alive[e.ID] = true
 		}
+		r.mu.Lock()
+		r.alive, r.at = alive, time.Now()
+		r.mu.Unlock()
 	}
-	return !r.alive[j.Agent]
+	return !alive[j.Agent]
 }
 
 // reconcileLoop re-publishes commands that a crash between "event stored"
